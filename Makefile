@@ -1,0 +1,38 @@
+# Two commands, each working on a fresh machine in either order:
+#   make run    set up if needed, make sure Fashion-MNIST is on disk, train the main job
+#   make test   set up if needed, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.torchlab-installed
+ARGS ?=
+# Use the project's shared datasets when they sit beside the checkout.
+SHARED_DATA := $(abspath $(wildcard ../shared/data))
+export TORCHLAB_DATA ?= $(SHARED_DATA)
+
+.PHONY: run test data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Fashion-MNIST without a network: on Debian/Ubuntu install the packaged copy when
+# no dataset is found; elsewhere `torchlab train` downloads it through torchvision.
+data: $(STAMP)
+	@$(BIN)/torchlab data fashion-mnist --offline --quiet >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; }
+
+run: data
+	$(BIN)/torchlab train fashion-mnist $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

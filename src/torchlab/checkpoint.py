@@ -1,0 +1,87 @@
+"""Checkpoints: plain dicts of tensors and built-in types, written atomically.
+
+A checkpoint holds everything needed to rebuild the model on its own (model
+name and config) and to resume training exactly (optimizer, scheduler,
+progress counters, random-number states). Because it contains no pickled
+classes, it loads with `torch.load(weights_only=True)`, which never runs
+code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchlab.errors import UserError
+
+FORMAT = "torchlab-checkpoint"
+VERSION = 1
+REQUIRED = ("format", "version", "task", "model_name", "model_config", "model_state")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint safely; `task` (e.g. "fashion-mnist") rejects checkpoints of other tasks."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint", "pass a .pt file written by `torchlab train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable torchlab checkpoint ({first[:160]})",
+                        "it may be damaged or written by another program; use a checkpoint from `torchlab train`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in REQUIRED):
+        raise UserError(f"{path}: not a torchlab checkpoint", "use a checkpoint written by `torchlab train`")
+    if ckpt["version"] > VERSION:
+        raise UserError(f"{path}: checkpoint format {ckpt['version']} is newer than this torchlab", "upgrade torchlab")
+    if task is not None and ckpt["task"] != task:
+        raise UserError(f"{path}: checkpoint is for task {ckpt['task']!r}, not {task!r}", "use a checkpoint of the same task")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

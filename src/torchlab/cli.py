@@ -1,0 +1,213 @@
+"""The `torchlab` command: sub-commands, and the one place errors become exit codes.
+
+`main(argv)` returns the exit code instead of exiting, so tests call it directly.
+A `UserError` prints one line and returns 2; Ctrl-C returns 130; anything
+else is a bug and keeps its traceback. `--debug` shows tracebacks for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from torchlab import __version__, logger
+from torchlab.config import TrainConfig, add_flags, check_values, resolve
+from torchlab.errors import Interrupted, UserError
+
+TASKS = ("fashion-mnist", "mnist")
+# Settings a resumed run may change: they do not alter the numbers already computed.
+RESUMABLE = {"epochs", "device", "max_steps", "log_every", "eval_batch_size", "data_dir", "test_every_epoch", "patience"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a UserError: one line, exit 2, like every other bad input."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+
+def cmd_train(args) -> int:
+    from torchlab import checkpoint
+    from torchlab.tasks import classify
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name != "task" and hasattr(args, f.name)}
+    if args.task is not None:
+        given["task"] = args.task
+    if args.resume:
+        run_dir = Path(args.resume)
+        ckpt = checkpoint.load(run_dir / "last.pt" if run_dir.is_dir() else run_dir)
+        saved = TrainConfig(**ckpt["train_config"])
+        check_values(given, "command line")
+        for key, value in given.items():
+            if value != getattr(saved, key) and (key not in RESUMABLE or (key == "epochs" and saved.schedule != "constant")):
+                raise UserError(f"--{key.replace('_', '-')} cannot change when resuming (the run used {getattr(saved, key)!r})",
+                                "start a new run to change it")
+        cfg = dataclasses.replace(saved, **given)
+        summary = classify.train(cfg, resume=ckpt, run_dir=Path(ckpt["path"]).parent)
+    else:
+        if args.task is None and not args.config:
+            raise UserError("train: name a task (" + ", ".join(TASKS) + ") or --resume RUN_DIR",
+                            "e.g. `torchlab train fashion-mnist`")
+        cfg = resolve(given, args.config)
+        if cfg.task not in TASKS:
+            raise UserError(f"train: unknown task {cfg.task!r}", "choose one of: " + ", ".join(TASKS))
+        summary = classify.train(cfg)
+    print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
+    return 0
+
+
+def summary_text(s: dict) -> str:
+    lines = [f"run {s['run_dir']} {s['status']}: {s['epochs']} epochs, {s['steps']} steps, "
+             f"{s['train_seconds']:.1f} s training at {s['images_per_second']:.0f} img/s"]
+    if s.get("best_val_acc") is not None:
+        lines.append(f"best val accuracy {s['best_val_acc']:.2%} (epoch {s['best_epoch']})")
+    lines.append(f"test accuracy {s['test_acc']:.2%} on {s['test_count']} images ({s['test_scored']})")
+    lines.append(f"checkpoints: {s['run_dir']}/last.pt, best.pt; TensorBoard: tensorboard --logdir {s['run_dir']}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from torchlab import checkpoint
+    from torchlab.tasks import predict
+
+    ckpt = checkpoint.load(args.checkpoint)
+    result = predict.evaluate_checkpoint(ckpt, args.data_dir, args.device, args.batch_size, args.out)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "confusion"} | {"confusion": result["confusion"].tolist()}, indent=2))
+    else:
+        print(predict.eval_text(result))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from torchlab import checkpoint
+    from torchlab.tasks import classify, predict
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k {args.top_k}: must be at least 1", "e.g. --top-k 3")
+    ckpt = checkpoint.load(args.checkpoint)
+    results = predict.predict_paths(ckpt, args.images, classify.pick_device(args.device), args.top_k, args.invert)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"]))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from torchlab.models.registry import MODELS, build_model, count_macs, count_params, model_config
+
+    rows = []
+    for name, entry in MODELS.items():
+        model = build_model(name, model_config(name))  # sized for 1x28x28 inputs and 10 classes
+        rows.append({"name": name, "params": count_params(model), "macs": count_macs(model, (1, 28, 28)),
+                     "description": entry.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<10} {'params':>9} {'MACs/image':>12}  description (for 1x28x28 inputs, 10 classes)")
+    for r in rows:
+        print(f"{r['name']:<10} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from torchlab.data.vision import DATASETS, load_idx_dataset
+
+    for name in args.names or list(DATASETS):
+        train, test, source = load_idx_dataset(DATASETS[name], args.data_dir, offline=args.offline)
+        print(f"{name}: {len(train)} train + {len(test)} test images {tuple(train.images.shape[1:])}, "
+              f"checked, from {source}")
+    return 0
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output, results only")
+
+
+def subparser(subs, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    p = subs.add_parser(name, help=help, description=f"{help}\n\nexample:\n  {example}",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="torchlab", description="A small deep-learning workbench built from a learner's PyTorch notes.")
+    parser.add_argument("--version", action="version", version=f"torchlab {__version__}")
+    add_common(parser)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    p = subparser(subs, "train", "train a classifier (writes logs and checkpoints to a run directory)",
+                  "torchlab train fashion-mnist --epochs 3   |   torchlab train fashion-mnist --recipe strong")
+    p.add_argument("task", nargs="?", choices=TASKS, help="dataset to train on")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or finished run from its last.pt")
+    p.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (flags still win)")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    add_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparser(subs, "eval", "score a checkpoint on its test set: accuracy, per-class accuracy, confusion matrix",
+                  "torchlab eval runs/my-run/best.pt --out confusion.png")
+    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
+    p.add_argument("--data-dir", help="folder holding the dataset files")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=1000, help="images per step (does not change results)")
+    p.add_argument("--out", help="where to write the confusion matrix PNG (default: beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparser(subs, "predict", "classify image files with a trained checkpoint",
+                  "torchlab predict runs/my-run/best.pt shoe.jpg shirt.png --top-k 3")
+    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP or GIF files, any size and mode")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
+    p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
+                   help="make the object light on dark (auto: when the image border is light)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparser(subs, "models", "list the models with parameter counts and multiply-adds per image", "torchlab models")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = subparser(subs, "data", "find and check the datasets (no download with --offline)",
+                  "torchlab data fashion-mnist --data-dir ../shared/data")
+    p.add_argument("names", nargs="*", choices=[[], *TASKS], metavar="NAME", help="fashion-mnist, mnist (default: all)")
+    p.add_argument("--data-dir", help="folder holding the dataset files")
+    p.add_argument("--offline", action="store_true", help="only look on disk, never download")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logger.QUIET = "--quiet" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not hasattr(args, "func"):
+            build_parser().print_help()
+            return 2
+        return args.func(args)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"torchlab: error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"torchlab: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("torchlab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Data: find files on disk, validate and decode them, serve them as tensors."""

@@ -1,0 +1,105 @@
+"""Where datasets are looked for, in order.
+
+1. `--data-dir DIR`
+2. `$TORCHLAB_DATA` (a root laid out like the project's shared/data folder)
+3. Debian's packaged copy (`apt-get install dataset-fashion-mnist`)
+4. a download through torchvision into the user cache (skipped when
+   `$TORCHLAB_OFFLINE=1` or `offline=True`)
+
+Every candidate folder is checked for all of a dataset's files, each either
+plain or gzipped. When nothing is found, one error lists every place tried.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """What `locate` needs to know about a dataset's files."""
+
+    name: str  # CLI name, e.g. "fashion-mnist"
+    folder: str  # torchvision's class name, e.g. "FashionMNIST"
+    files: tuple[str, ...]  # file names without .gz
+    debian_dir: str | None = None
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "torchlab"
+
+
+def candidate_dirs(root: Path, spec: DatasetFiles) -> list[Path]:
+    """Folders under `root` that may hold the files: flat, torchvision-style or shared/data-style."""
+    raw = Path(spec.folder) / "raw"
+    return [root, root / raw, root / spec.name, root / spec.name / raw]
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def files_in(folder: Path, spec: DatasetFiles) -> dict[str, Path] | None:
+    found = {name: find_file(folder, name) for name in spec.files}
+    return found if all(found.values()) else None  # type: ignore[return-value]
+
+
+def local_sources(spec: DatasetFiles, data_dir: str | None) -> list[tuple[str, Path]]:
+    """(label, root) pairs in lookup order, before any download."""
+    sources = []
+    if data_dir:
+        sources.append(("--data-dir", Path(data_dir).expanduser()))
+    if os.environ.get("TORCHLAB_DATA"):
+        sources.append(("$TORCHLAB_DATA", Path(os.environ["TORCHLAB_DATA"]).expanduser()))
+    if spec.debian_dir:
+        sources.append(("Debian package", Path(spec.debian_dir)))
+    return sources
+
+
+def download(spec: DatasetFiles, root: Path) -> None:
+    """Fetch the dataset with torchvision (which checks each file's md5)."""
+    import torchvision.datasets
+
+    dataset_class = getattr(torchvision.datasets, spec.folder)
+    for train in (True, False):
+        dataset_class(root=str(root), train=train, download=True)
+
+
+def locate(spec: DatasetFiles, data_dir: str | None = None, offline: bool = False) -> tuple[dict[str, Path], str]:
+    """Return ({file name: path}, description of the source) or raise UserError."""
+    tried = []
+    for label, root in local_sources(spec, data_dir):
+        for folder in candidate_dirs(root, spec):
+            if (found := files_in(folder, spec)) is not None:
+                return found, f"{folder} ({label})"
+        tried.append(f"{label} {root}")
+    cache = cache_root()
+    for folder in candidate_dirs(cache, spec):
+        if (found := files_in(folder, spec)) is not None:
+            return found, f"{folder} (user cache)"
+    offline = offline or os.environ.get("TORCHLAB_OFFLINE") == "1"
+    if offline:
+        tried.append(f"user cache {cache} (download skipped: offline)")
+    else:
+        try:
+            download(spec, cache)
+        except Exception as e:  # any network or server failure: report it with the rest
+            tried.append(f"download into {cache} ({type(e).__name__}: {e})")
+        else:
+            if (found := files_in(cache / spec.folder / "raw", spec)) is not None:
+                return found, f"{cache / spec.folder / 'raw'} (downloaded)"
+            tried.append(f"download into {cache} (files missing afterwards)")
+    if not data_dir and not os.environ.get("TORCHLAB_DATA"):
+        tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")
+    hint = "pass --data-dir DIR or set TORCHLAB_DATA to a folder holding " + ", ".join(spec.files)
+    if spec.debian_dir:
+        hint += f", or run `apt-get install dataset-{spec.name}`"
+    raise UserError(f"dataset {spec.name} not found; tried: " + "; ".join(tried), hint)

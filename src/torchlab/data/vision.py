@@ -1,0 +1,171 @@
+"""Image-classification datasets held as tensors in memory.
+
+The whole dataset is decoded once into a uint8 tensor, normalised once into
+float32 on the training device, and served in batches by indexing: there is
+no per-sample Python in the training loop. Only the training split shuffles
+and drops its last partial batch; evaluation walks a split in order, whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from torchlab.data.idx import read_idx
+from torchlab.data.locate import DatasetFiles, locate
+from torchlab.errors import UserError
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    files: DatasetFiles
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1]
+    std: tuple[float, ...]
+    originals: dict[str, tuple[str, int]]  # md5 and size of each decompressed original file
+    flip: bool  # whether a horizontal flip keeps the label (true for clothes, not digits)
+
+    @property
+    def name(self) -> str:
+        return self.files.name
+
+
+DATASETS = {
+    "fashion-mnist": VisionSpec(
+        files=DatasetFiles("fashion-mnist", "FashionMNIST", IDX_FILES, "/usr/share/datasets/fashion-mnist"),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        mean=(0.2860,), std=(0.3530,),
+        originals={
+            "train-images-idx3-ubyte": ("f4a8712d7a061bf5bd6d2ca38dc4d50a", 47040016),
+            "train-labels-idx1-ubyte": ("9018921c3c673c538a1fc5bad174d6f9", 60008),
+            "t10k-images-idx3-ubyte": ("8181f5470baa50b63fa0f6fddb340f0a", 7840016),
+            "t10k-labels-idx1-ubyte": ("15d484375f8d13e6eb1aabb0c3f46965", 10008),
+        },
+        flip=True,
+    ),
+    "mnist": VisionSpec(
+        files=DatasetFiles("mnist", "MNIST", IDX_FILES),
+        classes=tuple(str(d) for d in range(10)),
+        mean=(0.1307,), std=(0.3081,),
+        originals={
+            "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", 47040016),
+            "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", 60008),
+            "t10k-images-idx3-ubyte": ("2646ac647ad5339dbf082846283269ea", 7840016),
+            "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637", 10008),
+        },
+        flip=False,
+    ),
+}
+
+
+@dataclass
+class Split:
+    """A split held in memory: uint8 images [N, C, H, W] and int64 labels [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_idx_dataset(spec: VisionSpec, data_dir: str | None = None, offline: bool = False):
+    """Find, validate and decode a dataset; returns (train Split, test Split, source)."""
+    paths, source = locate(spec.files, data_dir, offline)
+    tensors = {name: read_idx(path, 3 if "images" in name else 1, spec.originals.get(name))
+               for name, path in paths.items()}
+    splits = []
+    for prefix in ("train", "t10k"):
+        images, labels = tensors[f"{prefix}-images-idx3-ubyte"], tensors[f"{prefix}-labels-idx1-ubyte"]
+        if len(images) != len(labels):
+            raise UserError(
+                f"{paths[f'{prefix}-labels-idx1-ubyte']}: {len(labels)} labels for {len(images)} images",
+                "the image and label files do not belong together",
+            )
+        splits.append(Split(images.unsqueeze(1), labels.long()))  # [N, H, W] -> [N, 1, H, W]
+    return splits[0], splits[1], source
+
+
+def hold_out(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
+    """Split `val_size` images off the training set with a seeded permutation."""
+    if val_size <= 0:
+        return train, None
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    keep, held = order[:-val_size].sort().values, order[-val_size:].sort().values
+    return Split(train.images[keep], train.labels[keep]), Split(train.images[held], train.labels[held])
+
+
+def normalise(images: torch.Tensor, mean, std, device) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 on `device`, scaled to [0, 1] then standardised per channel."""
+    x = images.to(device).float().div_(255)
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image [N, C, H, W] by up to `pad` pixels, filling with the background value."""
+    n, c, h, w = x.shape
+    padded = F.pad(x - fill, (pad, pad, pad, pad)) + fill  # pad with `fill`, per channel
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=gen.device).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=gen.device).to(x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # [N, H, 1]
+    cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # [N, 1, W]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [N, C, H, W]
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch left to right."""
+    mask = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+class TensorLoader:
+    """Batches from tensors already on the device.
+
+    Training (`train=True`) draws a fresh permutation each epoch from a
+    generator seeded by (seed, epoch), drops the last partial batch and
+    applies augmentation; the same seed gives the same batches, so a run can
+    resume in the middle of an epoch by skipping `start` batches.
+    """
+
+    def __init__(self, images, labels, batch_size, train, seed=0, augment=False, flip=False, pad=2, fill=None):
+        self.images, self.labels = images, labels  # [N, C, H, W] float, [N] int64
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.augment, self.flip, self.pad = augment and train, flip, pad
+        self.fill = fill if fill is not None else images.new_zeros(1, images.shape[1], 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if not self.train:
+            for i in range(start * self.batch_size, n, self.batch_size):
+                yield self.images[i : i + self.batch_size], self.labels[i : i + self.batch_size]
+            return
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen).to(self.images.device)
+        for step in range(start, len(self)):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                # One generator per batch, so skipping batches on resume replays the same draws.
+                batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
+                x = random_crop(x, self.pad, self.fill, batch_gen)
+                if self.flip:
+                    x = random_flip(x, batch_gen)
+            yield x, self.labels[idx]

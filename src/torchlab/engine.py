@@ -1,0 +1,182 @@
+"""The training and evaluation loops, shared by every classification task.
+
+Each loop owns its mode: `train_one_epoch` puts the model in train() mode,
+`evaluate` in eval() mode under `inference_mode`. Both take everything they
+use as arguments and return a dict of metrics. Losses are summed over samples
+and divided by the sample count, so a smaller last batch weighs what it should.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Runtime:
+    """How tensors are laid out and computed on one device."""
+
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = False
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became {value} at step {step}")
+        self.step, self.value = step, value
+
+
+class StopFlag:
+    """Set by the first Ctrl-C; the loop finishes its current step and returns."""
+
+    def __init__(self):
+        self.requested = False
+
+
+@contextmanager
+def graceful_interrupt(flag: StopFlag):
+    """First Ctrl-C asks the loop to stop at a step boundary; a second one stops at once."""
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    rt: Runtime,
+    *,
+    label_smoothing: float = 0.0,
+    global_step: int = 0,
+    max_steps: int = 0,
+    log_every: int = 50,
+    stop: StopFlag | None = None,
+    on_log: Callable[[int, float, float, int], None] | None = None,
+) -> dict:
+    """One pass over `batches`; returns {"loss", "acc", "images", "steps", "seconds", "stopped"}.
+
+    `on_log(global_step, loss, lr, images_so_far)` is called every `log_every`
+    steps. Stops early (stopped=True) at `max_steps` or when `stop` is set.
+    Raises NonFiniteLoss naming the first step whose loss was NaN or infinite.
+    """
+    model.train()
+    start, tic = global_step, time.perf_counter()
+    loss_sum = torch.zeros((), device=rt.device)  # summed over samples, read once at the end
+    correct = torch.zeros((), dtype=torch.long, device=rt.device)
+    images, pending, stopped = 0, [], False
+    for x, y in batches:
+        if (stop is not None and stop.requested) or (max_steps and global_step >= max_steps):
+            stopped = True
+            break
+        x = rt.prepare(x)
+        with rt.autocast():
+            logits = model(x)  # [B, classes]
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        global_step += 1
+        images += len(y)
+        pending.append(loss.detach())
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        if global_step % log_every == 0:
+            latest = check_finite(pending, global_step - len(pending) + 1)
+            if on_log is not None:
+                on_log(global_step, latest, optimizer.param_groups[0]["lr"], images)
+    if pending:
+        check_finite(pending, global_step - len(pending) + 1)
+    seconds = time.perf_counter() - tic
+    return {
+        "loss": loss_sum.item() / max(images, 1),
+        "acc": correct.item() / max(images, 1),
+        "images": images,
+        "steps": global_step - start,
+        "seconds": seconds,
+        "stopped": stopped,
+    }
+
+
+def check_finite(pending: list, first_step: int) -> float:
+    """Raise NonFiniteLoss for the first bad loss in `pending`; clear it; return the last loss."""
+    losses = torch.stack(pending).float().cpu()  # one device sync for the whole window
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise NonFiniteLoss(first_step + i, float(losses[i]))
+    pending.clear()
+    return float(losses[-1])
+
+
+def predict_logprobs(model: nn.Module, x: torch.Tensor, rt: Runtime, tta: bool = False) -> torch.Tensor:
+    """Log-probabilities [B, classes]; with `tta`, averaged with the mirrored image's."""
+    with rt.autocast():
+        probs = model(rt.prepare(x)).float().softmax(1)
+        if tta:
+            probs = (probs + model(rt.prepare(x.flip(3))).float().softmax(1)) / 2
+    return probs.clamp_min(1e-12).log()
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    rt: Runtime,
+    num_classes: int,
+    tta: bool = False,
+) -> dict:
+    """Score every sample of `batches` once; returns {"loss", "acc", "count", "confusion"}.
+
+    `confusion[i, j]` counts samples of true class i predicted as class j.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=rt.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
+    with torch.inference_mode():
+        for x, y in batches:
+            logp = predict_logprobs(model, x, rt, tta)
+            loss_sum += F.nll_loss(logp, y, reduction="sum")
+            confusion += torch.bincount(y * num_classes + logp.argmax(1), minlength=num_classes**2)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    count = int(confusion.sum())
+    return {
+        "loss": loss_sum.item() / max(count, 1),
+        "acc": confusion.diag().sum().item() / max(count, 1),
+        "count": count,
+        "confusion": confusion,
+    }
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    totals = confusion.sum(1).clamp_min(1)
+    return (confusion.diag() / totals).tolist()
+

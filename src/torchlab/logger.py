@@ -1,0 +1,72 @@
+"""What a run shows: console lines, progress bars, TensorBoard logs and figures."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm import tqdm
+
+QUIET = False  # set by `--quiet`
+
+
+def say(*parts) -> None:
+    """Progress messages go to stderr, so stdout carries only results (and `--json`)."""
+    if not QUIET:
+        print(*parts, file=sys.stderr, flush=True)
+
+
+def progress(total: int, desc: str, unit: str = "step", scale: int = 1) -> tqdm:
+    """A progress bar that disappears when stderr is not a terminal (CI logs stay readable)."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, leave=False,
+                disable=True if QUIET else None, dynamic_ncols=True, file=sys.stderr)
+
+
+def open_writer(run_dir):
+    # Imported here: TensorBoard is slow to import and commands like `predict` never need it.
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+def confusion_figure(confusion: torch.Tensor, classes, title: str = "confusion matrix"):
+    """A matplotlib figure of counts, rows = true class, columns = predicted class."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k), dpi=100)
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = confusion.max().item() / 2
+    for i in range(k):
+        for j in range(k):
+            value = int(confusion[i, j])
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                    color="white" if value > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def format_confusion(confusion: torch.Tensor, classes) -> str:
+    """The matrix as aligned text, rows = true class."""
+    width = max(6, len(str(int(confusion.max()))) + 1)
+    short = [c[:width - 1] for c in classes]
+    name_w = max(len(c) for c in classes)
+    lines = [" " * (name_w + 2) + "".join(s.rjust(width) for s in short)]
+    for name, row in zip(classes, confusion.tolist()):
+        lines.append(name.rjust(name_w) + "  " + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Models: each is built from a config dataclass and knows nothing of data files."""

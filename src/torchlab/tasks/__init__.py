@@ -1,0 +1,1 @@
+"""Tasks wire data, model and engine together for one kind of job."""

@@ -1,0 +1,347 @@
+"""Image classification on in-memory datasets: `torchlab train fashion-mnist|mnist`.
+
+`train(cfg)` prepares the data and model, then runs `fit`, which alternates
+`train_one_epoch` and `evaluate`, logs to TensorBoard and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from torchlab import checkpoint as ckpt_io
+from torchlab.config import TrainConfig, save_toml
+from torchlab.data.vision import DATASETS, TensorLoader, VisionSpec, hold_out, load_idx_dataset, normalise
+from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
+                             train_one_epoch)
+from torchlab.errors import Interrupted, UserError
+from torchlab.logger import confusion_figure, open_writer, progress, save_figure, say
+from torchlab.models.registry import build_model, model_config
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps completed inside the current epoch (non-zero after Ctrl-C)
+    global_step: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one, for --patience
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    history: list = field(default_factory=list)  # one dict of metrics per epoch
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+    if not available[name]:
+        raise UserError(f"--device {name}: not available on this machine", "use --device auto or --device cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Data:
+    spec: VisionSpec
+    train: TensorLoader
+    val: TensorLoader | None
+    test: TensorLoader
+    samples: torch.Tensor  # a few raw training images [64, C, H, W] uint8, for TensorBoard
+    source: str
+
+
+def prepare_data(cfg: TrainConfig, spec: VisionSpec, device: torch.device) -> Data:
+    """Decode once, split off validation, normalise once on the device."""
+    train, test, source = load_idx_dataset(spec, cfg.data_dir or None)
+    if cfg.val_size >= len(train):
+        raise UserError(f"--val-size {cfg.val_size}: the training set has only {len(train)} images", "use a smaller value")
+    train, val = hold_out(train, cfg.val_size, cfg.seed)
+    if len(train) < cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
+
+    def tensors(split):
+        return normalise(split.images, spec.mean, spec.std, device), split.labels.to(device)
+
+    fill = normalise(torch.zeros(1, len(spec.mean), 1, 1, dtype=torch.uint8), spec.mean, spec.std, device)
+    loaders = {}
+    for name, split in (("val", val), ("test", test)):
+        loaders[name] = TensorLoader(*tensors(split), cfg.eval_batch_size, train=False) if split is not None else None
+    train_loader = TensorLoader(*tensors(train), cfg.batch_size, train=True, seed=cfg.seed,
+                                augment=cfg.augment, flip=spec.flip, fill=fill)
+    return Data(spec, train_loader, loaders["val"], loaders["test"], train.images[:64], source)
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    elif cfg.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                                        pct_start=0.25)
+    else:
+        scheduler = None
+    return optimizer, scheduler
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """Create the run directory; refuse one that already holds a run (nothing saved gets overwritten)."""
+    path = Path(cfg.run_dir or f"runs/{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"--run-dir {path}: already holds files",
+                        f"resume it with `torchlab train --resume {path}` or choose another --run-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--run-dir {path}: cannot create ({e.strerror})", "choose a writable folder") from None
+    return path
+
+
+def make_checkpoint(cfg, spec, model, optimizer, scheduler, state: TrainState) -> dict:
+    return {
+        "format": ckpt_io.FORMAT,
+        "version": ckpt_io.VERSION,
+        "task": cfg.task,
+        "model_name": cfg.model,
+        "model_config": dataclasses.asdict(model.config),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "train_config": dataclasses.asdict(cfg),
+        "state": dataclasses.asdict(state),
+        "rng": ckpt_io.rng_state(),
+        "classes": list(spec.classes),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+
+
+@dataclass
+class Session:
+    """Everything one training run works with."""
+
+    cfg: TrainConfig
+    data: Data
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    rt: Runtime
+    state: TrainState
+    run_dir: Path
+    writer: object
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / name
+        ckpt = make_checkpoint(self.cfg, self.data.spec, self.model, self.optimizer, self.scheduler, self.state)
+        ckpt_io.atomic_save(ckpt, path)
+        return path
+
+
+def run_epoch(s: Session, stop: StopFlag) -> dict:
+    """Train for (the rest of) one epoch with a progress bar; log loss and lr against the global step."""
+    cfg, state = s.cfg, s.state
+    start = state.step_in_epoch
+    bar = progress(len(s.data.train) - start, f"epoch {state.epoch + 1}/{cfg.epochs}", "img", cfg.batch_size)
+
+    def on_log(step, loss, lr, images):
+        s.writer.add_scalar("train/loss", loss, step)
+        s.writer.add_scalar("lr", lr, step)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def batches():
+        for batch in s.data.train.epoch(state.epoch, start):
+            yield batch
+            bar.update(1)
+
+    try:
+        metrics = train_one_epoch(
+            s.model, batches(), s.optimizer, s.scheduler, s.rt, label_smoothing=cfg.label_smoothing,
+            global_step=state.global_step, max_steps=cfg.max_steps, log_every=cfg.log_every,
+            stop=stop, on_log=on_log)
+    finally:
+        bar.close()
+    state.global_step += metrics["steps"]
+    state.step_in_epoch += metrics["steps"]
+    state.train_seconds += metrics["seconds"]
+    state.images_seen += metrics["images"]
+    return metrics
+
+
+def end_epoch(s: Session, metrics: dict) -> bool:
+    """Validate, log, keep best.pt and last.pt; returns True when early stopping says stop."""
+    cfg, state, step = s.cfg, s.state, s.state.global_step
+    record = {"epoch": state.epoch + 1, "step": step, "train_loss": metrics["loss"], "train_acc": metrics["acc"],
+              "train_seconds": round(state.train_seconds, 3), "images_per_second": metrics["images"] / max(metrics["seconds"], 1e-9)}
+    for name, loader in (("val", s.data.val), ("test", s.data.test if cfg.test_every_epoch else None)):
+        if loader is not None:
+            result = evaluate(s.model, loader.epoch(), s.rt, len(s.data.spec.classes), cfg.tta)
+            record[f"{name}_loss"], record[f"{name}_acc"] = result["loss"], result["acc"]
+            s.writer.add_scalar(f"{name}/loss", result["loss"], step)
+            s.writer.add_scalar(f"{name}/acc", result["acc"], step)
+    state.epoch += 1
+    state.step_in_epoch = 0
+    state.history.append(record)
+    improved = "val_acc" in record and record["val_acc"] > state.best_acc
+    if improved:
+        state.best_acc, state.best_epoch, state.bad_epochs = record["val_acc"], state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    if improved:
+        s.save("best.pt")
+    s.save("last.pt")
+    say(epoch_line(record, cfg.epochs, improved))
+    return bool(cfg.patience and "val_acc" in record and state.bad_epochs >= cfg.patience)
+
+
+def epoch_line(r: dict, epochs: int, improved: bool) -> str:
+    parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}"]
+    if "val_acc" in r:
+        parts.append(f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}" + (" *" if improved else ""))
+    if "test_acc" in r:
+        parts.append(f"test acc {r['test_acc']:.2%}")
+    parts.append(f"{r['images_per_second']:.0f} img/s")
+    return "  ".join(parts)
+
+
+def fit(s: Session, stop: StopFlag) -> str:
+    """Run epochs until done, early-stopped, max-steps or Ctrl-C; returns how it ended."""
+    cfg, state = s.cfg, s.state
+    while state.epoch < cfg.epochs:
+        try:
+            metrics = run_epoch(s, stop)
+        except NonFiniteLoss as e:
+            raise non_finite_error(s, e) from None
+        if stop.requested:
+            path = s.save("last.pt")  # mid-epoch: resume replays the rest of this epoch exactly
+            raise Interrupted(f"interrupted at step {state.global_step}; resumable checkpoint {path}; "
+                              f"continue with: torchlab train --resume {s.run_dir}")
+        if metrics["stopped"]:  # --max-steps reached
+            end_epoch(s, metrics)
+            return "max-steps"
+        if end_epoch(s, metrics):
+            say(f"early stop: no val improvement for {cfg.patience} epochs (best epoch {state.best_epoch})")
+            return "early-stopped"
+    return "finished"
+
+
+def non_finite_error(s: Session, e: NonFiniteLoss) -> UserError:
+    last = s.run_dir / "last.pt"
+    kept = f"last good checkpoint {last} (epoch {s.state.epoch}) kept" if last.exists() else "no checkpoint was written yet"
+    write_summary(s, "failed", {"error": str(e)})
+    return UserError(f"loss became {e.value} at step {e.step} (epoch {s.state.epoch + 1}); training stopped, {kept}",
+                     "lower --lr, or try --precision fp32")
+
+
+def write_summary(s: Session, status: str, extra: dict) -> dict:
+    state = s.state
+    summary = {
+        "status": status,
+        "run_dir": str(s.run_dir),
+        "task": s.cfg.task,
+        "model": s.cfg.model,
+        "recipe": s.cfg.recipe,
+        "device": str(s.rt.device),
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "best_val_acc": state.best_acc if state.best_acc >= 0 else None,
+        "best_epoch": state.best_epoch or None,
+        "train_seconds": round(state.train_seconds, 2),
+        "images_per_second": round(state.images_seen / max(state.train_seconds, 1e-9), 1),
+        **extra,
+        "history": state.history,
+    }
+    (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def finish(s: Session, status: str) -> dict:
+    """Score the test set with the best weights (by val accuracy), log the confusion matrix, write the summary."""
+    best = s.run_dir / "best.pt"
+    scored = "last epoch"
+    if best.exists() and s.data.val is not None:
+        s.model.load_state_dict(ckpt_io.load(best)["model_state"])
+        scored = f"best epoch {s.state.best_epoch}"
+    classes = s.data.spec.classes
+    result = evaluate(s.model, s.data.test.epoch(), s.rt, len(classes), s.cfg.tta)
+    fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} test, {scored}")
+    s.writer.add_figure("test/confusion_matrix", fig, s.state.global_step)
+    save_figure(confusion_figure(result["confusion"], classes, f"{s.cfg.task} test, {scored}"),
+                s.run_dir / "confusion_matrix.png")
+    s.writer.add_scalar("test/acc", result["acc"], s.state.global_step)
+    hparams = {k: v for k, v in dataclasses.asdict(s.cfg).items() if isinstance(v, (int, float, str, bool))}
+    s.writer.add_hparams(hparams, {"hparam/test_acc": result["acc"], "hparam/best_val_acc": max(s.state.best_acc, 0)},
+                         run_name=".")
+    per_class = dict(zip(classes, per_class_accuracy(result["confusion"])))
+    return write_summary(s, status, {"test_acc": result["acc"], "test_loss": result["loss"], "test_count": result["count"],
+                                     "test_scored": scored, "per_class_acc": per_class})
+
+
+def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
+    spec = DATASETS[cfg.task]
+    device = pick_device(cfg.device)
+    rt = Runtime(device, bf16=cfg.precision == "bf16", channels_last=cfg.channels_last)
+    model_config(cfg.model)  # an unknown model name fails before the data is read
+    data = prepare_data(cfg, spec, device)
+    torch.manual_seed(cfg.seed)  # initial weights
+    mcfg = model_config(cfg.model, in_channels=len(spec.mean), num_classes=len(spec.classes),
+                        image_size=data.samples.shape[-1])
+    model = build_model(cfg.model, mcfg).to(device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(cfg, model, cfg.epochs * len(data.train))
+    state = TrainState()
+    if resume is not None:
+        model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer_state"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler_state"])
+        state = TrainState(**resume["state"])
+        ckpt_io.set_rng_state(resume["rng"])
+    else:
+        run_dir = new_run_dir(cfg)
+        save_toml(cfg, run_dir / "config.toml")
+    writer = open_writer(run_dir)
+    if resume is None:
+        writer.add_images("train/samples", data.samples.float() / 255, 0)
+        writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()), 0)
+    say(f"data: {cfg.task} from {data.source}: {len(data.train.labels)} train, "
+        f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels)} test")
+    say(f"device: {device}  precision: {cfg.precision}  channels-last: {cfg.channels_last}  "
+        f"model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
+    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer)
+
+
+def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None) -> dict:
+    """Train (or resume) one run and return its summary dict."""
+    s = start(cfg, resume, run_dir)
+    stop = stop or StopFlag()
+    try:
+        if s.state.epoch >= cfg.epochs:
+            say(f"run already completed {s.state.epoch} epochs; scoring it again")
+        with graceful_interrupt(stop):
+            status = fit(s, stop)
+        return finish(s, status)
+    except Interrupted:
+        write_summary(s, "interrupted", {})
+        raise
+    finally:
+        s.writer.close()

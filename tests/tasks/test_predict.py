@@ -1,0 +1,449 @@
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchlab.errors import UserError
+from torchlab.models.cnn import NotesCNN, NotesCNNConfig
+from torchlab.tasks.predict import model_from_checkpoint, open_image, predict_paths, prepare, to_grayscale
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # on a busy 2-core machine intra-op threads make these tiny forwards much slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_checkpoint(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    config = NotesCNNConfig()
+    model = NotesCNN(config)
+    return {
+        "model_name": "notes-cnn",
+        "model_config": dataclasses.asdict(config),
+        "model_state": model.state_dict(),
+        "classes": list(CLASSES),
+        "mean": [0.286],
+        "std": [0.353],
+        "path": "x.pt",
+    }
+
+
+@pytest.fixture(scope="module")
+def ckpt() -> dict:
+    return make_checkpoint()
+
+
+def object_mask(w: int, h: int) -> np.ndarray:
+    """True on a centred block covering the middle of the image, False on a border at least one pixel wide."""
+    mask = np.zeros((h, w), dtype=bool)
+    mask[max(1, h // 4) : h - max(1, h // 4), max(1, w // 4) : w - max(1, w // 4)] = True
+    return mask
+
+
+def dark_on_white(w: int, h: int) -> np.ndarray:
+    return np.where(object_mask(w, h), 20, 255).astype(np.uint8)
+
+
+def palette_image(gray: np.ndarray) -> Image.Image:
+    img = Image.fromarray((gray > 127).astype(np.uint8)).convert("P")
+    img.putpalette([30, 30, 30, 255, 255, 255] + [0] * (3 * 254))  # index 0: dark object, 1: white
+    return img
+
+
+def make_image(kind: str, w: int, h: int) -> tuple[Image.Image, dict]:
+    """A dark object on a white background (white as a viewer shows it, transparency included)."""
+    gray = dark_on_white(w, h)
+    mask = object_mask(w, h)
+    rgb = np.where(mask[..., None], np.array([25, 15, 35], dtype=np.uint8), np.uint8(255)).astype(np.uint8)
+    if kind == "RGB":
+        return Image.fromarray(rgb), {}
+    if kind == "RGBA":  # transparent black background: white only once composited
+        rgba = np.zeros((h, w, 4), dtype=np.uint8)
+        rgba[mask] = (20, 20, 20, 255)
+        return Image.fromarray(rgba), {}
+    if kind == "L":
+        return Image.fromarray(gray), {}
+    if kind == "I;16":
+        return Image.fromarray(np.where(mask, 3000, 65535).astype(np.uint16)), {}
+    if kind == "P":
+        return palette_image(gray), {}
+    if kind == "P-transparent":  # index 2 (black) is transparent and fills the background
+        img = Image.fromarray(np.where(mask, 0, 2).astype(np.uint8)).convert("P")
+        img.putpalette([40, 40, 40, 255, 255, 255, 0, 0, 0] + [0] * (3 * 253))
+        return img, {"transparency": 2}
+    if kind == "LA":
+        lum = Image.fromarray(np.where(mask, 30, 0).astype(np.uint8))
+        alpha = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
+        return Image.merge("LA", (lum, alpha)), {}
+    if kind == "CMYK":
+        return Image.fromarray(rgb).convert("CMYK"), {}
+    if kind == "1":
+        return Image.fromarray(gray > 127), {}
+    raise AssertionError(kind)
+
+
+CASES = [
+    # id, image kind, format, (width, height), mode Pillow reports when reading the file back
+    ("png-rgb", "RGB", "PNG", (5, 7), "RGB"),
+    ("png-rgb-big", "RGB", "PNG", (400, 300), "RGB"),
+    ("png-rgba", "RGBA", "PNG", (37, 23), "RGBA"),
+    ("png-l", "L", "PNG", (300, 400), "L"),
+    ("png-i16", "I;16", "PNG", (41, 60), "I;16"),
+    ("png-p", "P", "PNG", (7, 5), "P"),
+    ("png-p-transparent", "P-transparent", "PNG", (64, 33), "P"),
+    ("png-la", "LA", "PNG", (19, 50), "LA"),
+    ("png-1", "1", "PNG", (28, 28), "1"),
+    ("jpeg-rgb", "RGB", "JPEG", (123, 80), "RGB"),
+    ("jpeg-l", "L", "JPEG", (9, 30), "L"),
+    ("jpeg-cmyk", "CMYK", "JPEG", (100, 61), "CMYK"),
+    ("bmp-rgb", "RGB", "BMP", (77, 29), "RGB"),
+    ("gif", "P", "GIF", (30, 45), "P"),
+    ("gif-transparent", "P-transparent", "GIF", (45, 30), "P"),
+]
+
+
+def write_case(folder: Path, case) -> Path:
+    name, kind, fmt, (w, h), _ = case
+    img, params = make_image(kind, w, h)
+    path = folder / f"{name}.{fmt.lower()}"
+    img.save(path, fmt, **params)
+    return path
+
+
+def write_animated_gif(folder: Path, w: int = 50, h: int = 35) -> Path:
+    first = palette_image(dark_on_white(w, h))
+    second = palette_image(np.full((h, w), 0, dtype=np.uint8))  # all dark
+    path = folder / "animated.gif"
+    first.save(path, save_all=True, append_images=[second], duration=100, loop=0)
+    return path
+
+
+def expected_probs(ckpt: dict, path: Path, invert: str = "auto") -> torch.Tensor:
+    model = NotesCNN(NotesCNNConfig())
+    model.load_state_dict(ckpt["model_state"])
+    x = (torch.from_numpy(prepare(Image.open(path), 28, invert))[None, None] - 0.286) / 0.353
+    with torch.no_grad():
+        return model.eval()(x).softmax(1)[0]
+
+
+def check_result(result: dict, path: Path, k: int, ckpt: dict) -> None:
+    assert result["image"] == str(path)
+    top = result["top"]
+    assert len(top) == k
+    probs = [t["prob"] for t in top]
+    assert probs == sorted(probs, reverse=True)
+    assert all(0 <= p <= 1 for p in probs)
+    assert sum(probs) <= 1 + 1e-5
+    assert all(t["class"] == ckpt["classes"][t["index"]] for t in top)
+    assert len({t["index"] for t in top}) == k
+    expected = expected_probs(ckpt, path)
+    values, indices = expected.topk(k)
+    assert [t["index"] for t in top] == indices.tolist()
+    assert probs == pytest.approx(values.tolist(), abs=1e-5)
+
+
+def test_checkpoint_model_differs_from_fresh_seed(ckpt):
+    other = make_checkpoint(seed=1)
+    assert not torch.equal(ckpt["model_state"]["fc1.weight"], other["model_state"]["fc1.weight"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_every_mode_and_format_is_read_as_intended(tmp_path, case):
+    path = write_case(tmp_path, case)
+    with Image.open(path) as img:
+        assert img.format == case[2]
+        assert img.mode == case[4]
+        assert img.size == case[3]
+        if case[1] == "P-transparent":
+            assert "transparency" in img.info
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_predict_every_mode_and_format(tmp_path, ckpt, case, top_k):
+    path = write_case(tmp_path, case)
+    results = predict_paths(ckpt, [str(path)], CPU, top_k, "auto")
+    assert len(results) == 1
+    check_result(results[0], path, top_k, ckpt)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_prepare_every_mode_inverts_dark_object_on_white(tmp_path, case):
+    path = write_case(tmp_path, case)
+    out = prepare(open_image(path), 28, "auto")
+    assert out.dtype == np.float32 and out.shape == (28, 28)
+    assert out.min() >= 0 and out.max() <= 1
+    assert out[0].mean() < 0.1 and out[-1].mean() < 0.1 and out[:, 0].mean() < 0.1 and out[:, -1].mean() < 0.1
+    assert out[13:15, 13:15].mean() > 0.7  # the (dark) object comes out light
+
+
+def test_animated_gif_uses_first_frame(tmp_path, ckpt):
+    path = write_animated_gif(tmp_path)
+    with Image.open(path) as img:
+        assert img.format == "GIF" and getattr(img, "n_frames", 1) == 2
+    out = prepare(open_image(path), 28, "auto")
+    assert out[0].mean() < 0.1 and out[13:15, 13:15].mean() > 0.7
+    results = predict_paths(ckpt, [str(path)], CPU, 3, "auto")
+    check_result(results[0], path, 3, ckpt)
+
+
+def test_predict_batch_of_all_formats_keeps_order(tmp_path, ckpt):
+    paths = [write_case(tmp_path, case) for case in CASES] + [write_animated_gif(tmp_path)]
+    results = predict_paths(ckpt, [str(p) for p in paths], CPU, 2, "auto")
+    assert [r["image"] for r in results] == [str(p) for p in paths]
+    for result, path in zip(results, paths):
+        check_result(result, path, 2, ckpt)
+
+
+@pytest.mark.parametrize("top_k", [11, 50])
+def test_top_k_is_capped_at_class_count(tmp_path, ckpt, top_k):
+    path = write_case(tmp_path, CASES[0])
+    (result,) = predict_paths(ckpt, [str(path)], CPU, top_k, "auto")
+    assert len(result["top"]) == len(CLASSES)
+    assert sorted(t["index"] for t in result["top"]) == list(range(10))
+    assert {t["class"] for t in result["top"]} == set(CLASSES)
+    assert sum(t["prob"] for t in result["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_class_names_come_from_checkpoint(tmp_path):
+    ckpt = make_checkpoint()
+    ckpt["classes"] = [f"class-{i}" for i in range(10)]
+    path = write_case(tmp_path, CASES[0])
+    (result,) = predict_paths(ckpt, [str(path)], CPU, 10, "auto")
+    assert all(t["class"] == f"class-{t['index']}" for t in result["top"])
+
+
+def test_normalisation_comes_from_checkpoint(tmp_path):
+    path = write_case(tmp_path, CASES[0])
+    a = make_checkpoint()
+    b = make_checkpoint()
+    b["mean"], b["std"] = [0.9], [0.1]
+    (ra,) = predict_paths(a, [str(path)], CPU, 10, "auto")
+    (rb,) = predict_paths(b, [str(path)], CPU, 10, "auto")
+    assert [t["prob"] for t in ra["top"]] != pytest.approx([t["prob"] for t in rb["top"]], abs=1e-4)
+
+
+def square(light_object: bool, w: int = 40, h: int = 40) -> Image.Image:
+    mask = object_mask(w, h)
+    return Image.fromarray(np.where(mask, 240, 10).astype(np.uint8) if light_object
+                           else np.where(mask, 10, 240).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "light_object,invert,center_light,border_light",
+    [
+        (False, "auto", True, False),  # dark on white: inverted
+        (True, "auto", True, False),  # light on black: kept
+        (False, "no", False, True),
+        (True, "no", True, False),
+        (False, "yes", True, False),
+        (True, "yes", False, True),
+    ],
+)
+def test_prepare_inversion(light_object, invert, center_light, border_light):
+    out = prepare(square(light_object), 28, invert)
+    assert out.dtype == np.float32 and out.shape == (28, 28)
+    assert 0 <= out.min() and out.max() <= 1
+    center, border = out[12:16, 12:16].mean(), np.concatenate([out[0], out[-1], out[:, 0], out[:, -1]]).mean()
+    assert (center > 0.8) if center_light else (center < 0.2)
+    assert (border > 0.8) if border_light else (border < 0.2)
+
+
+@pytest.mark.parametrize("size", [28, 32, 7])
+def test_prepare_output_size(size):
+    out = prepare(square(True, 90, 45), size, "auto")
+    assert out.shape == (size, size) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("w,h", [(120, 40), (40, 120), (400, 300), (30, 70), (64, 64)])
+def test_prepare_keeps_aspect_ratio(w, h):
+    out = prepare(Image.new("L", (w, h), 255), 28, "no")  # a white bar: padded with black, not stretched
+    side = max(w, h)
+    margin = (side - min(w, h)) / 2 * 28 / side  # background rows (wide) or columns (tall) on each side
+    if w == h:
+        assert out.min() > 0.95
+        return
+    across = out if w > h else out.T  # rows of the padded direction first
+    assert across[: int(margin) - 1].max() < 0.05 and across[28 - int(margin) + 1 :].max() < 0.05
+    assert across[14, 1:-1].min() > 0.95
+    bright = int((across.mean(axis=1) > 0.5).sum())
+    assert abs(bright - 28 * min(w, h) / side) <= 1.5
+
+
+def test_prepare_wide_dark_on_white_pads_with_background():
+    img = Image.fromarray(dark_on_white(200, 50))
+    out = prepare(img, 28, "auto")
+    assert out[:3].max() < 0.05 and out[-3:].max() < 0.05
+    assert out[14, 14] > 0.8
+
+
+def test_prepare_applies_jpeg_exif_orientation(tmp_path):
+    arr = np.zeros((20, 60), dtype=np.uint8)
+    arr[:, :] = 250  # a light wide bar on nothing
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: shown tall
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, exif=exif)
+    out = prepare(open_image(path), 28, "no")
+    assert out[:, :3].max() < 0.05 and out[:, -3:].max() < 0.05  # tall: padded left and right
+    assert out[:3, 14].min() > 0.9
+
+
+def test_sixteen_bit_full_range_maps_to_unit_interval(tmp_path):
+    a = np.zeros((30, 30), dtype=np.uint16)
+    a[:, 15:] = 65535
+    a[0, 0] = 1
+    img = Image.fromarray(a)
+    assert img.mode == "I;16"
+    path = tmp_path / "sixteen.png"
+    img.save(path)
+    reread = open_image(path)
+    assert reread.mode == "I;16"
+    gray = to_grayscale(reread)
+    assert gray.min() == 0.0 and gray.max() == 1.0
+    assert gray[0, 0] == pytest.approx(1 / 65535)
+    out = prepare(reread, 30, "no")
+    assert out[:, :14].max() < 0.02 and out[:, 16:].min() > 0.98
+
+
+def test_sixteen_bit_gradient_is_not_clipped():
+    a = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    gray = to_grayscale(Image.fromarray(a))
+    assert gray.min() == 0.0 and gray.max() == 1.0
+    assert np.allclose(gray.ravel(), a.ravel() / 65535)
+    assert len(np.unique(gray)) == 256
+
+
+@pytest.mark.parametrize(
+    "values,mode,scale",
+    [
+        ([0, 1000], "I;16", 65535.0),  # a dark 16-bit image stays dark: no contrast stretch
+        ([0, 200], "I", 255.0),  # 32-bit values within 0..255 are 8-bit data
+        ([0, 40000], "I", 65535.0),
+    ],
+)
+def test_wide_integer_modes_scale_by_bit_depth(values, mode, scale):
+    a = np.array([values * 4] * 8, dtype=np.uint16 if mode == "I;16" else np.int32)
+    img = Image.fromarray(a)
+    assert img.mode == mode
+    gray = to_grayscale(img)
+    assert np.allclose(gray, a / scale)
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "P-transparent", "LA"])
+def test_transparent_pixels_become_white(kind):
+    img, params = make_image(kind, 20, 20)
+    if "transparency" in params:
+        img.info["transparency"] = params["transparency"]
+    gray = to_grayscale(img)
+    mask = object_mask(20, 20)
+    assert gray[~mask].min() == 1.0
+    assert gray[mask].max() < 0.2
+
+
+def truncated_png(tmp_path: Path) -> Path:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(buf, "PNG")
+    data = buf.getvalue()
+    path = tmp_path / "half.png"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def bad_file(tmp_path: Path, kind: str) -> Path:
+    if kind == "text":
+        path = tmp_path / "notes.png"
+        path.write_text("this is not an image\n")
+    elif kind == "empty":
+        path = tmp_path / "empty.png"
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path = truncated_png(tmp_path)
+    elif kind == "missing":
+        path = tmp_path / "missing.png"
+    elif kind == "directory":
+        path = tmp_path / "folder.png"
+        path.mkdir()
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD = ["text", "empty", "truncated", "missing", "directory"]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_file_raises_user_error_naming_path(tmp_path, kind):
+    path = bad_file(tmp_path, kind)
+    with pytest.raises(UserError) as info:
+        open_image(path)
+    assert str(path) in info.value.message
+    assert info.value.hint
+
+
+@pytest.mark.parametrize("kind", BAD)
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_batch_with_one_bad_file_predicts_nothing(tmp_path, ckpt, monkeypatch, kind, position):
+    calls = []
+    original_forward = NotesCNN.forward
+
+    def counting_forward(self, x):
+        calls.append(x.shape)
+        return original_forward(self, x)
+
+    monkeypatch.setattr(NotesCNN, "forward", counting_forward)
+    good = [write_case(tmp_path, CASES[0]), write_case(tmp_path, CASES[3])]
+    bad = bad_file(tmp_path, kind)
+    paths = [str(p) for p in good]
+    paths.insert(position, str(bad))
+    with pytest.raises(UserError) as info:
+        predict_paths(ckpt, paths, CPU, 3, "auto")
+    assert str(bad) in info.value.message
+    assert calls == []
+    results = predict_paths(ckpt, [str(p) for p in good], CPU, 3, "auto")
+    assert len(results) == 2 and len(calls) == 1
+
+
+def test_model_from_checkpoint_loads_weights_in_eval_mode(ckpt):
+    model = model_from_checkpoint(ckpt, CPU)
+    assert isinstance(model, NotesCNN) and not model.training
+    for key, value in ckpt["model_state"].items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("damage", ["wrong-shape", "missing-key", "extra-key"])
+def test_model_from_checkpoint_rejects_mismatched_weights(damage):
+    ckpt = make_checkpoint()
+    state = dict(ckpt["model_state"])
+    if damage == "wrong-shape":
+        state["fc1.weight"] = torch.zeros(7, 10816)
+    elif damage == "missing-key":
+        del state["conv2.bias"]
+    else:
+        state["conv3.weight"] = torch.zeros(1)
+    ckpt["model_state"] = state
+    with pytest.raises(UserError) as info:
+        model_from_checkpoint(ckpt, CPU)
+    assert "x.pt" in info.value.message and "notes-cnn" in info.value.message
+
+
+def test_model_from_checkpoint_unknown_model_is_user_error():
+    ckpt = make_checkpoint()
+    ckpt["model_name"] = "resnet-9000"
+    with pytest.raises(UserError) as info:
+        model_from_checkpoint(ckpt, CPU)
+    assert "resnet-9000" in info.value.message
