@@ -211,9 +211,6 @@ def test_directory_instead_of_file_names_path(tmp_path):
     assert str(path) in info.value.message
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="src bug: np.prod of the header dims overflows int64, so a corrupt header "
-                          "whose dims multiply to 2**64 passes the size check and reshape raises ValueError")
 def test_header_dims_overflowing_int64_raise_user_error(tmp_path):
     path = tmp_path / "overflow"
     path.write_bytes(header(3, [2**31, 2**31, 4]))

@@ -354,6 +354,19 @@ def test_transparent_pixels_become_white(kind):
     assert gray[mask].max() < 0.2
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_png_trns_transparency_in_l_and_rgb_becomes_white(tmp_path, mode):
+    mask = object_mask(12, 12)
+    gray = np.where(mask, 30, 0).astype(np.uint8)  # black background, marked transparent
+    img = Image.fromarray(gray if mode == "L" else np.stack([gray] * 3, axis=-1))
+    path = tmp_path / f"trns-{mode}.png"
+    img.save(path, transparency=0 if mode == "L" else (0, 0, 0))
+    reread = open_image(path)
+    assert reread.mode == mode and "transparency" in reread.info
+    gray_out = to_grayscale(reread)
+    assert gray_out[~mask].min() == 1.0
+
+
 def truncated_png(tmp_path: Path) -> Path:
     buf = io.BytesIO()
     rng = np.random.default_rng(0)

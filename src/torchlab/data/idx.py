@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def parse_idx(data: bytes, path: Path, ndim: int) -> torch.Tensor:
     if len(data) < header:
         raise UserError(f"{path}: truncated IDX header", REPAIR_HINT)
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # exact: a corrupt header must not overflow
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than its header says"
         raise UserError(

@@ -40,6 +40,8 @@ def build_model(name: str, config: dict | Any) -> nn.Module:
     """Rebuild a model from its name and config (a dataclass or the dict stored in a checkpoint)."""
     if isinstance(config, dict):
         config = model_config(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    elif name not in MODELS:
+        model_config(name)  # raises the UserError listing the known models
     return MODELS[name].model_class(config)
 
 

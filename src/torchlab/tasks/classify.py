@@ -106,6 +106,11 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
 def new_run_dir(cfg: TrainConfig) -> Path:
     """Create the run directory; refuse one that already holds a run (nothing saved gets overwritten)."""
     path = Path(cfg.run_dir or f"runs/{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not cfg.run_dir:  # a default name never collides with an earlier run
+        base, n = path, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
     if path.exists() and any(path.iterdir()):
         raise UserError(f"--run-dir {path}: already holds files",
                         f"resume it with `torchlab train --resume {path}` or choose another --run-dir")

@@ -47,7 +47,7 @@ def to_grayscale(img: Image.Image) -> np.ndarray:
         a = np.asarray(img, dtype=np.float64)  # 16/32-bit: scale by the range actually used
         hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         return np.clip(a / hi, 0, 1)
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("LA", "PA"):
+    if "transparency" in img.info or img.mode in ("LA", "PA"):  # a tRNS entry (P, L or RGB) or an alpha band
         img = img.convert("RGBA")
     if img.mode == "RGBA":
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
