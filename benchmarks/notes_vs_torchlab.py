@@ -66,7 +66,7 @@ def torchvision_root(data_dir: str) -> Path:
     sys.exit(f"no Fashion-MNIST under {data_dir}")
 
 
-def notes_pipeline(root: Path, epochs: int, seed: int) -> list[dict]:
+def notes_pipeline(root: Path, epochs: int, seed: int, device: str = "cpu") -> list[dict]:
     torch.manual_seed(seed)
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.286,), (0.353,))])
     train_set = datasets.FashionMNIST(root=str(root), train=True, download=True, transform=tf)
@@ -74,7 +74,7 @@ def notes_pipeline(root: Path, epochs: int, seed: int) -> list[dict]:
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True, drop_last=True)
     notes_test_loader = DataLoader(test_set, batch_size=64, shuffle=True, drop_last=True)  # as in the notes
     whole_test_loader = DataLoader(test_set, batch_size=1000, shuffle=False)
-    model = NotesNet()
+    model = NotesNet().to(device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     ckpt_dir = Path(tempfile.mkdtemp())
     best_loss, rows = float("inf"), []
@@ -82,6 +82,7 @@ def notes_pipeline(root: Path, epochs: int, seed: int) -> list[dict]:
         model.train()
         tic = time.perf_counter()
         for inputs, labels in train_loader:
+            inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(inputs), labels)
             loss.backward()
@@ -93,21 +94,22 @@ def notes_pipeline(root: Path, epochs: int, seed: int) -> list[dict]:
         seconds = time.perf_counter() - tic
         model.eval()
         with torch.no_grad():
-            notes_acc = np.mean([(model(x).argmax(1) == y).float().mean().item() for x, y in notes_test_loader])
-            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in whole_test_loader)
+            notes_acc = np.mean([(model(x.to(device)).argmax(1).cpu() == y).float().mean().item()
+                                 for x, y in notes_test_loader])
+            correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in whole_test_loader)
         rows.append({"epoch": epoch + 1, "seconds": seconds, "acc": correct / len(test_set), "notes_acc": notes_acc,
                      "scored": len(notes_test_loader) * 64})
     return rows
 
 
-def torchlab_pipeline(data_dir: str, epochs: int, seed: int, extra: list[str]) -> list[dict]:
+def torchlab_pipeline(data_dir: str, epochs: int, seed: int, extra: list[str], device: str = "cpu") -> list[dict]:
     run_dir = Path(tempfile.mkdtemp()) / "run"
     out = StringIO()
     with redirect_stdout(out):
         code = torchlab_main(["train", "fashion-mnist", "--model", "notes-cnn", "--epochs", str(epochs),
                               "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3", "--val-size", "0",
                               "--test-every-epoch", "--seed", str(seed), "--data-dir", data_dir,
-                              "--run-dir", str(run_dir), "--json", "--quiet", *extra])
+                              "--run-dir", str(run_dir), "--device", device, "--json", "--quiet", *extra])
     if code != 0:
         sys.exit(f"torchlab train failed with exit code {code}")
     history, previous, rows = json.loads(out.getvalue())["history"], 0.0, []
@@ -123,19 +125,23 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run of each pipeline per seed")
-    parser.add_argument("--channels-last", action="store_true", help="also time torchlab with --channels-last")
+    parser.add_argument("--nchw", action="store_true", help="also time torchlab with --channels-last off")
+    parser.add_argument("--device", default="cpu", help="cpu (the figures in the issue) or cuda")
+    parser.add_argument("--json-out", help="also write the per-seed results to this JSON file")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, seeds {args.seeds}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, seeds {args.seeds}")
     root = torchvision_root(args.data_dir)
-    pipelines = {"notes pipeline": lambda seed: notes_pipeline(root, args.epochs, seed),
-                 "torchlab notes-cnn": lambda seed: torchlab_pipeline(args.data_dir, args.epochs, seed, [])}
-    if args.channels_last:
-        pipelines["torchlab notes-cnn channels-last"] = lambda seed: torchlab_pipeline(
-            args.data_dir, args.epochs, seed, ["--channels-last"])
+    pipelines = {"notes pipeline": lambda seed: notes_pipeline(root, args.epochs, seed, args.device),
+                 "torchlab notes-cnn": lambda seed: torchlab_pipeline(args.data_dir, args.epochs, seed, [], args.device)}
+    if args.nchw:
+        pipelines["torchlab notes-cnn NCHW"] = lambda seed: torchlab_pipeline(
+            args.data_dir, args.epochs, seed, ["--channels-last", "off"], args.device)
     results = {name: [] for name in pipelines}
     for seed in args.seeds:  # interleaved, so a slow spell of the machine hits every pipeline alike
         for name, run in pipelines.items():
             results[name].append(run(seed))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"seeds": args.seeds, "results": results}))
     base = np.mean([r["seconds"] for rows in results["notes pipeline"] for r in rows])
     print(f"\nper seed\n{'pipeline':<34}{'seed':>5}{'epoch':>6}{'s/epoch':>9}{'test acc':>10}{'notes metric':>14}{'scored':>8}")
     for name, runs in results.items():

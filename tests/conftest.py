@@ -57,4 +57,4 @@ def tiny_data(tmp_path) -> Path:
 
 
 # Flags for fast CLI training runs on the tiny dataset.
-TINY = ["--val-size", "100", "--batch-size", "50", "--eval-batch-size", "64", "--log-every", "2"]
+TINY = ["--device", "cpu", "--val-size", "100", "--batch-size", "50", "--eval-batch-size", "64", "--log-every", "2"]

@@ -86,12 +86,13 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from torchlab import checkpoint
-    from torchlab.tasks import classify, predict
+    from torchlab.engine import pick_device
+    from torchlab.tasks import predict
 
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: must be at least 1", "e.g. --top-k 3")
     ckpt = checkpoint.load(args.checkpoint)
-    results = predict.predict_paths(ckpt, args.images, classify.pick_device(args.device), args.top_k, args.invert)
+    results = predict.predict_paths(ckpt, args.images, pick_device(args.device), args.top_k, args.invert)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -112,6 +112,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_data, tmp_path, monke
     assert_same_weights(weights(tmp_path / "straight" / "best.pt"), weights(tmp_path / "broken" / "best.pt"))
 
 
+def test_max_steps_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    args = ["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--epochs", "2", "--augment"]
+    assert main([*args, "--run-dir", "straight"]) == 0
+    assert main([*args, "--run-dir", "dry", "--max-steps", "7"]) == 0
+    assert torch.load(tmp_path / "dry" / "last.pt", weights_only=True)["state"]["step_in_epoch"] == 7
+    assert main(["train", "--resume", "dry", "--max-steps", "0"]) == 0
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "dry" / "last.pt"))
+
+
 def test_resume_can_extend_a_constant_schedule_but_not_change_lr(tiny_data, tmp_path, capsys):
     args = ["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--run-dir", "r"]
     assert main([*args, "--epochs", "1"]) == 0

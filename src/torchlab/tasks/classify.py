@@ -18,9 +18,9 @@ from torchlab import checkpoint as ckpt_io
 from torchlab.config import TrainConfig, save_toml
 from torchlab.data.vision import DATASETS, TensorLoader, VisionSpec, hold_out, load_idx_dataset, normalise
 from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
-                             train_one_epoch)
+                             pick_device, train_one_epoch)
 from torchlab.errors import Interrupted, UserError
-from torchlab.logger import confusion_figure, open_writer, progress, save_figure, say
+from torchlab.logger import confusion_figure, open_writer, progress, say
 from torchlab.models.registry import build_model, model_config
 
 
@@ -37,20 +37,6 @@ class TrainState:
     train_seconds: float = 0.0
     images_seen: int = 0
     history: list = field(default_factory=list)  # one dict of metrics per epoch
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
-    if not available[name]:
-        raise UserError(f"--device {name}: not available on this machine", "use --device auto or --device cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -191,26 +177,29 @@ def run_epoch(s: Session, stop: StopFlag) -> dict:
     return metrics
 
 
-def end_epoch(s: Session, metrics: dict) -> bool:
-    """Validate, log, keep best.pt and last.pt; returns True when early stopping says stop."""
+def end_epoch(s: Session, metrics: dict, complete: bool = True) -> bool:
+    """Validate, log, keep best.pt and last.pt; returns True when early stopping says stop.
+
+    An incomplete epoch (--max-steps) keeps its position, so a resumed run finishes it exactly.
+    """
     cfg, state, step = s.cfg, s.state, s.state.global_step
     record = {"epoch": state.epoch + 1, "step": step, "train_loss": metrics["loss"], "train_acc": metrics["acc"],
-              "train_seconds": round(state.train_seconds, 3), "images_per_second": metrics["images"] / max(metrics["seconds"], 1e-9)}
+              "train_seconds": round(state.train_seconds, 3),
+              "images_per_second": metrics["images"] / max(metrics["seconds"], 1e-9)}
     for name, loader in (("val", s.data.val), ("test", s.data.test if cfg.test_every_epoch else None)):
         if loader is not None:
             result = evaluate(s.model, loader.epoch(), s.rt, len(s.data.spec.classes), cfg.tta)
             record[f"{name}_loss"], record[f"{name}_acc"] = result["loss"], result["acc"]
             s.writer.add_scalar(f"{name}/loss", result["loss"], step)
             s.writer.add_scalar(f"{name}/acc", result["acc"], step)
-    state.epoch += 1
-    state.step_in_epoch = 0
+    if complete:
+        state.epoch += 1
+        state.step_in_epoch = 0
     state.history.append(record)
     improved = "val_acc" in record and record["val_acc"] > state.best_acc
+    state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if improved:
-        state.best_acc, state.best_epoch, state.bad_epochs = record["val_acc"], state.epoch, 0
-    else:
-        state.bad_epochs += 1
-    if improved:
+        state.best_acc, state.best_epoch = record["val_acc"], record["epoch"]
         s.save("best.pt")
     s.save("last.pt")
     say(epoch_line(record, cfg.epochs, improved))
@@ -239,8 +228,9 @@ def fit(s: Session, stop: StopFlag) -> str:
             path = s.save("last.pt")  # mid-epoch: resume replays the rest of this epoch exactly
             raise Interrupted(f"interrupted at step {state.global_step}; resumable checkpoint {path}; "
                               f"continue with: torchlab train --resume {s.run_dir}")
-        if metrics["stopped"]:  # --max-steps reached
-            end_epoch(s, metrics)
+        if metrics["stopped"]:  # --max-steps reached, part-way through this epoch
+            if metrics["steps"]:
+                end_epoch(s, metrics, complete=False)
             return "max-steps"
         if end_epoch(s, metrics):
             say(f"early stop: no val improvement for {cfg.patience} epochs (best epoch {state.best_epoch})")
@@ -288,9 +278,8 @@ def finish(s: Session, status: str) -> dict:
     classes = s.data.spec.classes
     result = evaluate(s.model, s.data.test.epoch(), s.rt, len(classes), s.cfg.tta)
     fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} test, {scored}")
-    s.writer.add_figure("test/confusion_matrix", fig, s.state.global_step)
-    save_figure(confusion_figure(result["confusion"], classes, f"{s.cfg.task} test, {scored}"),
-                s.run_dir / "confusion_matrix.png")
+    fig.savefig(s.run_dir / "confusion_matrix.png")
+    s.writer.add_figure("test/confusion_matrix", fig, s.state.global_step)  # closes the figure
     s.writer.add_scalar("test/acc", result["acc"], s.state.global_step)
     hparams = {k: v for k, v in dataclasses.asdict(s.cfg).items() if isinstance(v, (int, float, str, bool))}
     s.writer.add_hparams(hparams, {"hparam/test_acc": result["acc"], "hparam/best_val_acc": max(s.state.best_acc, 0)},
@@ -303,7 +292,7 @@ def finish(s: Session, status: str) -> dict:
 def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
     spec = DATASETS[cfg.task]
     device = pick_device(cfg.device)
-    rt = Runtime(device, bf16=cfg.precision == "bf16", channels_last=cfg.channels_last)
+    rt = Runtime.choose(device, cfg.precision, cfg.channels_last)
     model_config(cfg.model)  # an unknown model name fails before the data is read
     data = prepare_data(cfg, spec, device)
     torch.manual_seed(cfg.seed)  # initial weights
@@ -330,8 +319,7 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
         writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()), 0)
     say(f"data: {cfg.task} from {data.source}: {len(data.train.labels)} train, "
         f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels)} test")
-    say(f"device: {device}  precision: {cfg.precision}  channels-last: {cfg.channels_last}  "
-        f"model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
+    say(f"{rt.describe()}  model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
     return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer)
 
 

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from torchlab.data.vision import DATASETS, TensorLoader, load_idx_dataset, normalise
+from torchlab.engine import Runtime, evaluate, per_class_accuracy, pick_device
 from torchlab.errors import UserError
+from torchlab.logger import confusion_figure, format_confusion, save_figure
 from torchlab.models.registry import build_model
 
 
@@ -94,11 +97,6 @@ def predict_paths(ckpt: dict, paths: list[str], device: torch.device, top_k: int
 
 def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_size: int, out: str | None) -> dict:
     """Score a checkpoint on the whole test split of its task and write the confusion-matrix PNG."""
-    from torchlab.data.vision import DATASETS, TensorLoader, load_idx_dataset, normalise
-    from torchlab.engine import Runtime, evaluate, per_class_accuracy
-    from torchlab.logger import confusion_figure, save_figure
-    from torchlab.tasks.classify import pick_device
-
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1", "e.g. --batch-size 1000")
     device = pick_device(device_name)
@@ -109,7 +107,7 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
     spec = DATASETS[ckpt["task"]]
     _, test, source = load_idx_dataset(spec, data_dir or cfg.get("data_dir") or None)
     model = model_from_checkpoint(ckpt, device)
-    rt = Runtime(device, bf16=cfg.get("precision") == "bf16", channels_last=cfg.get("channels_last", False))
+    rt = Runtime.choose(device, cfg.get("precision", "fp32"), cfg.get("channels_last", "auto"))
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = TensorLoader(normalise(test.images, ckpt["mean"], ckpt["std"], device), test.labels.to(device),
@@ -128,8 +126,6 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
 
 
 def eval_text(r: dict) -> str:
-    from torchlab.logger import format_confusion
-
     lines = [f"{r['checkpoint']} ({r['task']}, {r['model']}): test accuracy {r['test_acc']:.2%} "
              f"on {r['count']} images, loss {r['test_loss']:.4f}", "per-class accuracy:"]
     lines += [f"  {name:<12} {acc:.2%}" for name, acc in r["per_class_acc"].items()]
