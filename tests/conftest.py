@@ -28,6 +28,15 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setitem(vision.DATASETS, "fashion-mnist", dataclasses.replace(spec, files=files))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny forward passes run much faster on one thread when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def synthetic_split(n: int, seed: int, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Learnable 28x28 images: class k is a bright 6x6 block at a position set by k, plus noise."""
     g = torch.Generator().manual_seed(seed)

@@ -39,6 +39,8 @@ def cmd_train(args) -> int:
     if args.task is not None:
         given["task"] = args.task
     if args.resume:
+        if args.config:
+            raise UserError("--config cannot be combined with --resume", "a resumed run keeps its saved settings")
         run_dir = Path(args.resume)
         ckpt = checkpoint.load(run_dir / "last.pt" if run_dir.is_dir() else run_dir)
         saved = TrainConfig(**ckpt["train_config"])

@@ -14,15 +14,7 @@ from torchlab.models.registry import MODELS, build_model, count_macs, count_para
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # on a busy 2-core machine intra-op threads make these tiny forwards ~30x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZES = [1, 2, 3, 5, 7, 8, 13, 14, 27, 28, 31, 32]
 
 

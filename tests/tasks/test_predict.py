@@ -15,15 +15,8 @@ from torchlab.tasks.predict import model_from_checkpoint, open_image, predict_pa
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # on a busy 2-core machine intra-op threads make these tiny forwards much slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_checkpoint(seed: int = 0) -> dict:
