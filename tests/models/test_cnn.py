@@ -104,6 +104,22 @@ def test_notes_cnn_forward_equals_functional_composition():
     torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_notes_cnn_gradients_equal_the_notes_order():
+    # forward pools before the ReLU; the notes apply the ReLU first. Same outputs, same gradients.
+    model = notes_cnn(seed=4)
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    y = torch.arange(6) % 10
+    F.cross_entropy(model(x), y).backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    h = F.max_pool2d(F.relu(model.conv2(model.conv1(x))), 2)
+    notes_out = model.fc1(h.flatten(1))
+    F.cross_entropy(notes_out, y).backward()
+    assert torch.equal(model(x), notes_out)
+    for a, p in zip(ours, model.parameters()):
+        assert torch.equal(a, p.grad)
+
+
 def test_notes_cnn_has_no_activation_between_convolutions():
     model = notes_cnn(seed=3)
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
