@@ -47,11 +47,9 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     @classmethod
-    def choose(cls, device: torch.device, precision: str, channels_last: str | bool) -> "Runtime":
+    def choose(cls, device: torch.device, precision: str, channels_last: str) -> "Runtime":
         """Resolve `channels_last="auto"`: NHWC measured faster on the CPU (oneDNN) and with bf16 on GPUs."""
         bf16 = precision == "bf16"
-        if isinstance(channels_last, bool):
-            return cls(device, bf16, channels_last)
         auto = device.type == "cpu" or bf16
         return cls(device, bf16, channels_last == "on" or (channels_last == "auto" and auto))
 
