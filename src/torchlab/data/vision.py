@@ -169,3 +169,8 @@ class TensorLoader:
                 if self.flip:
                     x = random_flip(x, batch_gen)
             yield x, self.labels[idx]
+
+
+def eval_loader(split: Split, mean, std, device, batch_size: int) -> TensorLoader:
+    """A whole split, normalised on `device`, served in order in fixed chunks (never shuffled or dropped)."""
+    return TensorLoader(normalise(split.images, mean, std, device), split.labels.to(device), batch_size, train=False)

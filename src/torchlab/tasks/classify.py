@@ -16,7 +16,8 @@ import torch
 
 from torchlab import checkpoint as ckpt_io
 from torchlab.config import TrainConfig, save_toml
-from torchlab.data.vision import DATASETS, TensorLoader, VisionSpec, hold_out, load_idx_dataset, normalise
+from torchlab.data.vision import (DATASETS, TensorLoader, VisionSpec, eval_loader, hold_out, load_idx_dataset,
+                                  normalise)
 from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
                              pick_device, train_one_epoch)
 from torchlab.errors import Interrupted, UserError
@@ -58,16 +59,12 @@ def prepare_data(cfg: TrainConfig, spec: VisionSpec, device: torch.device) -> Da
     if len(train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
 
-    def tensors(split):
-        return normalise(split.images, spec.mean, spec.std, device), split.labels.to(device)
-
     fill = normalise(torch.zeros(1, len(spec.mean), 1, 1, dtype=torch.uint8), spec.mean, spec.std, device)
-    loaders = {}
-    for name, split in (("val", val), ("test", test)):
-        loaders[name] = TensorLoader(*tensors(split), cfg.eval_batch_size, train=False) if split is not None else None
-    train_loader = TensorLoader(*tensors(train), cfg.batch_size, train=True, seed=cfg.seed,
-                                augment=cfg.augment, flip=spec.flip, fill=fill)
-    return Data(spec, train_loader, loaders["val"], loaders["test"], train.images[:64], source)
+    train_loader = TensorLoader(normalise(train.images, spec.mean, spec.std, device), train.labels.to(device),
+                                cfg.batch_size, train=True, seed=cfg.seed, augment=cfg.augment, flip=spec.flip, fill=fill)
+    val_loader = eval_loader(val, spec.mean, spec.std, device, cfg.eval_batch_size) if val is not None else None
+    test_loader = eval_loader(test, spec.mean, spec.std, device, cfg.eval_batch_size)
+    return Data(spec, train_loader, val_loader, test_loader, train.images[:64], source)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from torchlab.data.vision import DATASETS, TensorLoader, load_idx_dataset, normalise
+from torchlab.data.vision import DATASETS, eval_loader, load_idx_dataset
 from torchlab.engine import Runtime, evaluate, per_class_accuracy, pick_device
 from torchlab.errors import UserError
 from torchlab.logger import confusion_figure, format_confusion, save_figure
@@ -110,8 +110,7 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
     rt = Runtime.choose(device, cfg.get("precision", "fp32"), cfg.get("channels_last", "auto"))
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = TensorLoader(normalise(test.images, ckpt["mean"], ckpt["std"], device), test.labels.to(device),
-                          batch_size, train=False)
+    loader = eval_loader(test, ckpt["mean"], ckpt["std"], device, batch_size)
     result = evaluate(model, loader.epoch(), rt, len(ckpt["classes"]), cfg.get("tta", False))
     path = Path(ckpt["path"])
     png = Path(out) if out else path.with_name(f"{path.stem}-confusion.png")
