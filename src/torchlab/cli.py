@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import traceback
@@ -19,6 +20,20 @@ from torchlab.config import TrainConfig, add_flags, check_values, resolve
 from torchlab.errors import Interrupted, UserError
 
 TASKS = ("fashion-mnist", "mnist")
+# The notes' first chapters, one module each under torchlab/tasks/. Each module has
+# `add_arguments(parser)` and `run(args) -> int`: (command, module, help, example).
+BASICS = (
+    ("image", "images", "open images and show them as array (H, W, C) and tensor (C, H, W); log them to TensorBoard",
+     "torchlab image photo.jpg --logdir runs/images"),
+    ("stats", "stats", "per-channel mean and standard deviation of a dataset's training images (for Normalize)",
+     "torchlab stats fashion-mnist   |   torchlab stats image-folder --data-dir DIR"),
+    ("autograd", "autograd", "the notes' autograd example step by step, gradients checked by hand",
+     "torchlab autograd"),
+    ("linreg", "linreg", "fit y = 3x + 0.8 by gradient descent, by hand or with nn.Linear + optim.SGD",
+     "torchlab linreg --method manual   |   torchlab linreg --method module"),
+    ("conv-viz", "convviz", "run a convolution and max-pooling over images; see every output channel",
+     "torchlab conv-viz --dataset fashion-mnist --out runs/conv"),
+)
 # Settings a resumed run may change: they do not alter the numbers already computed.
 RESUMABLE = {"epochs", "device", "max_steps", "log_every", "eval_batch_size", "data_dir", "test_every_epoch", "patience"}
 
@@ -177,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_predict)
+
+    for command, module, help, example in BASICS:
+        task = importlib.import_module(f"torchlab.tasks.{module}")
+        p = subparser(subs, command, help, example)
+        task.add_arguments(p)
+        p.set_defaults(func=task.run)
 
     p = subparser(subs, "models", "list the models with parameter counts and multiply-adds per image", "torchlab models")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from torchlab.errors import UserError
 
 QUIET = False  # set by `--quiet`
 
@@ -20,6 +24,28 @@ def progress(total: int, desc: str, unit: str = "step", scale: int = 1) -> tqdm:
     """A progress bar that disappears when stderr is not a terminal (CI logs stay readable)."""
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, leave=False,
                 disable=True if QUIET else None, dynamic_ncols=True, file=sys.stderr)
+
+
+def new_run_dir(run_dir: str, default_name: str, flag: str = "--run-dir") -> Path:
+    """Create a run directory; refuse one that already holds files (nothing saved gets overwritten).
+
+    Without `run_dir` the folder is runs/DEFAULT_NAME-TIME, with a -2, -3... suffix if taken.
+    """
+    path = Path(run_dir or f"runs/{default_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not run_dir:
+        base, n = path, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    if path.exists() and any(path.iterdir()):
+        hint = (f"resume it with `torchlab train --resume {path}` or choose another {flag}" if flag == "--run-dir"
+                else f"choose another {flag}")
+        raise UserError(f"{flag} {path}: already holds files", hint)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create ({e.strerror})", "choose a writable folder") from None
+    return path
 
 
 def open_writer(run_dir):

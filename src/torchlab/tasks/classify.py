@@ -21,7 +21,7 @@ from torchlab.data.vision import (DATASETS, TensorLoader, VisionSpec, eval_loade
 from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
                              pick_device, train_one_epoch)
 from torchlab.errors import Interrupted, UserError
-from torchlab.logger import confusion_figure, open_writer, progress, say
+from torchlab.logger import confusion_figure, new_run_dir, open_writer, progress, say
 from torchlab.models.registry import build_model, model_config
 
 
@@ -84,24 +84,6 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
     else:
         scheduler = None
     return optimizer, scheduler
-
-
-def new_run_dir(cfg: TrainConfig) -> Path:
-    """Create the run directory; refuse one that already holds a run (nothing saved gets overwritten)."""
-    path = Path(cfg.run_dir or f"runs/{cfg.task}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if not cfg.run_dir:  # a default name never collides with an earlier run
-        base, n = path, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-    if path.exists() and any(path.iterdir()):
-        raise UserError(f"--run-dir {path}: already holds files",
-                        f"resume it with `torchlab train --resume {path}` or choose another --run-dir")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--run-dir {path}: cannot create ({e.strerror})", "choose a writable folder") from None
-    return path
 
 
 def make_checkpoint(cfg, spec, model, optimizer, scheduler, state: TrainState) -> dict:
@@ -308,7 +290,7 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
         state = TrainState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
     else:
-        run_dir = new_run_dir(cfg)
+        run_dir = new_run_dir(cfg.run_dir, f"{cfg.task}-{cfg.model}")
         save_toml(cfg, run_dir / "config.toml")
     writer = open_writer(run_dir)
     if resume is None:
