@@ -1,6 +1,5 @@
 import dataclasses
 import os
-import pickle
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), re
 def test_real_datasets_are_found_and_pass_their_checksums(capsys):
     assert main(["data", "--data-dir", str(SHARED_DATA), "--offline"]) == 0
     out = capsys.readouterr().out
-    assert "fashion-mnist: 60000 train + 10000 test images (1, 28, 28), checked" in out
+    assert "fashion-mnist: 60000 train + 10000 test images (1, 28, 28), 10 classes, checked" in out
     assert "mnist: 60000 train + 10000 test images" in out
 
 

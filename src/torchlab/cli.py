@@ -19,7 +19,7 @@ from torchlab import __version__, logger
 from torchlab.config import TrainConfig, add_flags, check_values, resolve
 from torchlab.errors import Interrupted, UserError
 
-TASKS = ("fashion-mnist", "mnist")
+TASKS = ("fashion-mnist", "mnist", "cifar10", "image-folder")
 # The notes' first chapters, one module each under torchlab/tasks/. Each module has
 # `add_arguments(parser)` and `run(args) -> int`: (command, module, help, example).
 BASICS = (
@@ -83,7 +83,9 @@ def summary_text(s: dict) -> str:
              f"{s['train_seconds']:.1f} s training at {s['images_per_second']:.0f} img/s"]
     if s.get("best_val_acc") is not None:
         lines.append(f"best val accuracy {s['best_val_acc']:.2%} (epoch {s['best_epoch']})")
-    lines.append(f"test accuracy {s['test_acc']:.2%} on {s['test_count']} images ({s['test_scored']})")
+    split = s.get("scored_split", "test")
+    lines.append(f"{split} accuracy {s[split + '_acc']:.2%} on {s[split + '_count']} images ({s[split + '_scored']})"
+                 + ("; no test split, so this is the set the best epoch was chosen on" if split == "val" else ""))
     lines.append(f"checkpoints: {s['run_dir']}/last.pt, best.pt; TensorBoard: tensorboard --logdir {s['run_dir']}")
     return "\n".join(lines)
 
@@ -136,12 +138,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from torchlab.data.vision import DATASETS, load_idx_dataset
+    from torchlab.data import catalog
 
-    for name in args.names or list(DATASETS):
-        train, test, source = load_idx_dataset(DATASETS[name], args.data_dir, offline=args.offline)
-        print(f"{name}: {len(train)} train + {len(test)} test images {tuple(train.images.shape[1:])}, "
-              f"checked, from {source}")
+    for name in args.names or ["fashion-mnist", "mnist"]:
+        d = catalog.load(name, args.data_dir, offline=args.offline)
+        counts = " + ".join(f"{len(split)} {split_name}" for split_name, split in
+                           (("train", d.train), ("val", d.val), ("test", d.test)) if split is not None)
+        print(f"{name}: {counts} images {tuple(d.train.images.shape[1:])}, {len(d.classes)} classes, "
+              f"checked, from {d.source}")
     return 0
 
 
@@ -205,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subparser(subs, "data", "find and check the datasets (no download with --offline)",
                   "torchlab data fashion-mnist --data-dir ../shared/data")
-    p.add_argument("names", nargs="*", choices=[[], *TASKS], metavar="NAME", help="fashion-mnist, mnist (default: all)")
+    p.add_argument("names", nargs="*", choices=[[], *TASKS], metavar="NAME", help=", ".join(TASKS) + " (default: fashion-mnist, mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--offline", action="store_true", help="only look on disk, never download")
     p.set_defaults(func=cmd_data)

@@ -1,7 +1,8 @@
 """The training configuration: one dataclass, its command-line flags and TOML files.
 
 Values are resolved in this order, later winning: the dataclass defaults, the
-chosen `--recipe`, the `--config FILE.toml`, then flags given on the command line.
+task's own defaults (TASK_DEFAULTS), the chosen `--recipe`, the
+`--config FILE.toml`, then flags given on the command line.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class TrainConfig:
     channels_last: str = opt("auto", "NHWC memory layout for convolutions (auto: on for the CPU and for bf16, "
                                      "where it measured faster)", ["auto", "on", "off"])
     patience: int = opt(0, "stop after this many epochs without a better val accuracy (0: never)")
-    val_size: int = opt(5000, "training images held out for validation (0: none)")
+    val_size: int = opt(5000, "training images held out for validation (0: none; image-folder: see --val-fraction)")
+    val_fraction: float = opt(0.2, "image-folder without a val/ sub-folder: share of each class held out (0: none)")
+    image_size: int = opt(64, "image-folder: side in pixels of the square crops the model sees")
     test_every_epoch: bool = opt(False, "also score the test set after every epoch (for time-to-accuracy)")
     seed: int = opt(0, "seed for the split, initial weights, batch order and augmentation")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", ["auto", "cpu", "cuda", "mps"])
@@ -55,6 +58,23 @@ class TrainConfig:
     data_dir: str = opt("", "folder holding the dataset files (see `torchlab data`)")
     run_dir: str = opt("", "where logs and checkpoints go (default: runs/TASK-MODEL-TIME)")
 
+
+# Where a dataset needs other settings than the notes' Fashion-MNIST ones.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # A few hundred photos: a batch-norm CNN, strong augmentation and many short epochs.
+    "image-folder": {
+        "model": "vgg-small",
+        "epochs": 40,
+        "batch_size": 32,
+        "eval_batch_size": 256,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "weight_decay": 5e-4,
+        "schedule": "onecycle",
+        "label_smoothing": 0.1,
+        "augment": True,  # random resized crops + flips
+    },
+}
 
 RECIPES: dict[str, dict[str, Any]] = {
     # The notes' settings: their network, Adam at 1e-3, batch 64, no augmentation.
@@ -119,6 +139,10 @@ def check_values(values: dict[str, Any], origin: str) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         if key in values and values[key] < 1:
             raise UserError(f"{origin}: {key} must be at least 1, got {values[key]}", "fix the value")
+    if "val_fraction" in values and not 0 <= values["val_fraction"] < 1:
+        raise UserError(f"{origin}: val_fraction must be in [0, 1), got {values['val_fraction']}", "e.g. 0.2")
+    if "image_size" in values and not 8 <= values["image_size"] <= 1024:
+        raise UserError(f"{origin}: image_size must be between 8 and 1024, got {values['image_size']}", "e.g. 64")
     for key in ("lr", "weight_decay", "label_smoothing", "val_size", "max_steps", "patience"):
         if key in values and values[key] < 0:
             raise UserError(f"{origin}: {key} must not be negative, got {values[key]}", "fix the value")
@@ -130,7 +154,8 @@ def resolve(cli: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
     check_values(file_values, f"--config {toml_path}")
     check_values(cli, "command line")
     recipe = cli.get("recipe", file_values.get("recipe", "notes"))
-    values = {**RECIPES[recipe], **file_values, **cli, "recipe": recipe}
+    task = cli.get("task", file_values.get("task", TrainConfig.task))
+    values = {**TASK_DEFAULTS.get(task, {}), **RECIPES[recipe], **file_values, **cli, "recipe": recipe}
     return TrainConfig(**values)
 
 

@@ -26,7 +26,7 @@ def progress(total: int, desc: str, unit: str = "step", scale: int = 1) -> tqdm:
                 disable=True if QUIET else None, dynamic_ncols=True, file=sys.stderr)
 
 
-def new_run_dir(run_dir: str, default_name: str, flag: str = "--run-dir") -> Path:
+def new_run_dir(run_dir: str | None, default_name: str, flag: str = "--run-dir", resumable: bool = False) -> Path:
     """Create a run directory; refuse one that already holds files (nothing saved gets overwritten).
 
     Without `run_dir` the folder is runs/DEFAULT_NAME-TIME, with a -2, -3... suffix if taken.
@@ -38,7 +38,7 @@ def new_run_dir(run_dir: str, default_name: str, flag: str = "--run-dir") -> Pat
             n += 1
             path = base.with_name(f"{base.name}-{n}")
     if path.exists() and any(path.iterdir()):
-        hint = (f"resume it with `torchlab train --resume {path}` or choose another {flag}" if flag == "--run-dir"
+        hint = (f"resume it with `torchlab train --resume {path}` or choose another {flag}" if resumable
                 else f"choose another {flag}")
         raise UserError(f"{flag} {path}: already holds files", hint)
     try:

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import synthetic_split, write_dataset
 from torchlab.data import vision

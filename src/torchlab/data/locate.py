@@ -24,9 +24,15 @@ class DatasetFiles:
     """What `locate` needs to know about a dataset's files."""
 
     name: str  # CLI name, e.g. "fashion-mnist"
-    folder: str  # torchvision's class name, e.g. "FashionMNIST"
+    folder: str  # torchvision's folder name, e.g. "FashionMNIST"
     files: tuple[str, ...]  # file names without .gz
     debian_dir: str | None = None
+    subdir: str = ""  # where torchvision keeps the files under its root (default: FOLDER/raw)
+    downloader: str = ""  # the torchvision.datasets class that downloads them (default: FOLDER)
+
+    @property
+    def layout(self) -> Path:
+        return Path(self.subdir or f"{self.folder}/raw")
 
 
 def cache_root() -> Path:
@@ -36,8 +42,7 @@ def cache_root() -> Path:
 
 def candidate_dirs(root: Path, spec: DatasetFiles) -> list[Path]:
     """Folders under `root` that may hold the files: flat, torchvision-style or shared/data-style."""
-    raw = Path(spec.folder) / "raw"
-    return [root, root / raw, root / spec.name, root / spec.name / raw]
+    return [root, root / spec.layout, root / spec.name, root / spec.name / spec.layout]
 
 
 def find_file(folder: Path, name: str) -> Path | None:
@@ -68,7 +73,7 @@ def download(spec: DatasetFiles, root: Path) -> None:
     """Fetch the dataset with torchvision (which checks each file's md5)."""
     import torchvision.datasets
 
-    dataset_class = getattr(torchvision.datasets, spec.folder)
+    dataset_class = getattr(torchvision.datasets, spec.downloader or spec.folder)
     for train in (True, False):
         dataset_class(root=str(root), train=train, download=True)
 
@@ -94,8 +99,8 @@ def locate(spec: DatasetFiles, data_dir: str | None = None, offline: bool = Fals
         except Exception as e:  # any network or server failure: report it with the rest
             tried.append(f"download into {cache} ({type(e).__name__}: {e})")
         else:
-            if (found := files_in(cache / spec.folder / "raw", spec)) is not None:
-                return found, f"{cache / spec.folder / 'raw'} (downloaded)"
+            if (found := files_in(cache / spec.layout, spec)) is not None:
+                return found, f"{cache / spec.layout} (downloaded)"
             tried.append(f"download into {cache} (files missing afterwards)")
     if not data_dir and not os.environ.get("TORCHLAB_DATA"):
         tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")

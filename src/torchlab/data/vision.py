@@ -126,6 +126,35 @@ def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, gen: torch.Genera
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [N, C, H, W]
 
 
+def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.25, 1.0),
+                        ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop a random box from each image [N, C, S, S] and resize it to [N, C, size, size].
+
+    Each box covers a random share `scale` of the area with a random aspect
+    ratio (log-uniform in `ratio`), as torchvision's RandomResizedCrop draws
+    them, but sides are clipped to the image instead of retried. All boxes are
+    resampled in one batched `roi_align` call (bilinear; several samples per
+    output pixel when shrinking, so downscaling averages instead of aliasing).
+    """
+    from torchvision.ops import roi_align
+
+    n, _, h, w = x.shape
+    u = torch.rand(n, 4, generator=gen, device=gen.device).to(x.device, torch.float32)  # [N, 4] uniforms
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    log_r = torch.log(torch.tensor(ratio[0])) + (torch.log(torch.tensor(ratio[1] / ratio[0]))) * u[:, 1]
+    bw = (area * log_r.exp()).sqrt().clamp(max=w)
+    bh = (area / log_r.exp()).sqrt().clamp(max=h)
+    left, top = (w - bw) * u[:, 2], (h - bh) * u[:, 3]
+    boxes = torch.stack([torch.arange(n, device=x.device, dtype=x.dtype), left, top, left + bw, top + bh], 1)
+    return roi_align(x, boxes.to(x.dtype), (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size window of [N, C, H, W]."""
+    top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
+    return x[:, :, top : top + size, left : left + size]
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left to right."""
     mask = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
@@ -141,11 +170,15 @@ class TensorLoader:
     resume in the middle of an epoch by skipping `start` batches.
     """
 
-    def __init__(self, images, labels, batch_size, train, seed=0, augment=False, flip=False, pad=2, fill=None):
+    def __init__(self, images, labels, batch_size, train, seed=0, augment=False, flip=False, pad=2, fill=None,
+                 crop=0):
         self.images, self.labels = images, labels  # [N, C, H, W] float, [N] int64
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.augment, self.flip, self.pad = augment and train, flip, pad
         self.fill = fill if fill is not None else images.new_zeros(1, images.shape[1], 1, 1)
+        # crop > 0: images are stored larger than the model's input (image folders); training takes
+        # random resized crops of `crop` pixels when augmenting, the central crop otherwise.
+        self.crop = crop
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -161,14 +194,15 @@ class TensorLoader:
         order = torch.randperm(n, generator=gen).to(self.images.device)
         for step in range(start, len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            x = self.images[idx]
-            if self.augment:
-                # One generator per batch, so skipping batches on resume replays the same draws.
-                batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
-                x = random_crop(x, self.pad, self.fill, batch_gen)
-                if self.flip:
-                    x = random_flip(x, batch_gen)
-            yield x, self.labels[idx]
+            yield self.transform(self.images[idx], epoch, step), self.labels[idx]
+
+    def transform(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        if not self.augment:
+            return centre_crop(x, self.crop) if self.crop else x
+        # One generator per batch, so skipping batches on resume replays the same draws.
+        batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
+        x = random_resized_crop(x, self.crop, batch_gen) if self.crop else random_crop(x, self.pad, self.fill, batch_gen)
+        return random_flip(x, batch_gen) if self.flip else x
 
 
 def eval_loader(split: Split, mean, std, device, batch_size: int) -> TensorLoader:

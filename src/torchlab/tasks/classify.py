@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import torch
 
 from torchlab import checkpoint as ckpt_io
 from torchlab.config import TrainConfig, save_toml
-from torchlab.data.vision import (DATASETS, TensorLoader, VisionSpec, eval_loader, hold_out, load_idx_dataset,
-                                  normalise)
+from torchlab.data import catalog
+from torchlab.data.catalog import Loaded
+from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_out, normalise
 from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
                              pick_device, train_one_epoch)
 from torchlab.errors import Interrupted, UserError
@@ -42,29 +42,38 @@ class TrainState:
 
 @dataclass
 class Data:
-    spec: VisionSpec
+    info: Loaded  # class names, normalisation, source (its splits stay on the CPU as uint8)
     train: TensorLoader
     val: TensorLoader | None
-    test: TensorLoader
+    test: TensorLoader | None  # image folders without test/ have none
     samples: torch.Tensor  # a few raw training images [64, C, H, W] uint8, for TensorBoard
-    source: str
 
 
-def prepare_data(cfg: TrainConfig, spec: VisionSpec, device: torch.device) -> Data:
-    """Decode once, split off validation, normalise once on the device."""
-    train, test, source = load_idx_dataset(spec, cfg.data_dir or None)
-    if cfg.val_size >= len(train):
-        raise UserError(f"--val-size {cfg.val_size}: the training set has only {len(train)} images", "use a smaller value")
-    train, val = hold_out(train, cfg.val_size, cfg.seed)
+def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
+    """Decode once, split off validation (unless the dataset brings its own), normalise once on the device."""
+    info = catalog.load(cfg.task, cfg.data_dir or None, size=cfg.image_size, val_fraction=cfg.val_fraction,
+                        seed=cfg.seed)
+    train, val = info.train, info.val
+    if val is None and cfg.task != "image-folder":
+        if cfg.val_size >= len(train):
+            raise UserError(f"--val-size {cfg.val_size}: the training set has only {len(train)} images",
+                            "use a smaller value")
+        train, val = hold_out(train, cfg.val_size, cfg.seed)
+    if val is None and info.test is None:
+        raise UserError(f"--data-dir {cfg.data_dir}: nothing to evaluate on (no val/ or test/ sub-folder and "
+                        "--val-fraction 0)", "give a --val-fraction above 0, or add a val/ sub-folder")
     if len(train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
 
-    fill = normalise(torch.zeros(1, len(spec.mean), 1, 1, dtype=torch.uint8), spec.mean, spec.std, device)
-    train_loader = TensorLoader(normalise(train.images, spec.mean, spec.std, device), train.labels.to(device),
-                                cfg.batch_size, train=True, seed=cfg.seed, augment=cfg.augment, flip=spec.flip, fill=fill)
-    val_loader = eval_loader(val, spec.mean, spec.std, device, cfg.eval_batch_size) if val is not None else None
-    test_loader = eval_loader(test, spec.mean, spec.std, device, cfg.eval_batch_size)
-    return Data(spec, train_loader, val_loader, test_loader, train.images[:64], source)
+    mean, std = info.mean, info.std
+    fill = normalise(torch.zeros(1, len(mean), 1, 1, dtype=torch.uint8), mean, std, device)
+    train_loader = TensorLoader(normalise(train.images, mean, std, device), train.labels.to(device), cfg.batch_size,
+                                train=True, seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad,
+                                fill=fill, crop=info.crop)
+    val_loader = eval_loader(val, mean, std, device, cfg.eval_batch_size) if val is not None else None
+    test_loader = eval_loader(info.test, mean, std, device, cfg.eval_batch_size) if info.test is not None else None
+    samples = centre_crop(train.images[:64], info.crop) if info.crop else train.images[:64]
+    return Data(info, train_loader, val_loader, test_loader, samples)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
@@ -86,7 +95,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
     return optimizer, scheduler
 
 
-def make_checkpoint(cfg, spec, model, optimizer, scheduler, state: TrainState) -> dict:
+def make_checkpoint(cfg, info: Loaded, model, optimizer, scheduler, state: TrainState) -> dict:
     return {
         "format": ckpt_io.FORMAT,
         "version": ckpt_io.VERSION,
@@ -99,9 +108,9 @@ def make_checkpoint(cfg, spec, model, optimizer, scheduler, state: TrainState) -
         "train_config": dataclasses.asdict(cfg),
         "state": dataclasses.asdict(state),
         "rng": ckpt_io.rng_state(),
-        "classes": list(spec.classes),
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "classes": list(info.classes),
+        "mean": list(info.mean),
+        "std": list(info.std),
     }
 
 
@@ -121,7 +130,7 @@ class Session:
 
     def save(self, name: str) -> Path:
         path = self.run_dir / name
-        ckpt = make_checkpoint(self.cfg, self.data.spec, self.model, self.optimizer, self.scheduler, self.state)
+        ckpt = make_checkpoint(self.cfg, self.data.info, self.model, self.optimizer, self.scheduler, self.state)
         ckpt_io.atomic_save(ckpt, path)
         return path
 
@@ -167,7 +176,7 @@ def end_epoch(s: Session, metrics: dict, complete: bool = True) -> bool:
               "images_per_second": metrics["images"] / max(metrics["seconds"], 1e-9)}
     for name, loader in (("val", s.data.val), ("test", s.data.test if cfg.test_every_epoch else None)):
         if loader is not None:
-            result = evaluate(s.model, loader.epoch(), s.rt, len(s.data.spec.classes), cfg.tta)
+            result = evaluate(s.model, loader.epoch(), s.rt, len(s.data.info.classes), cfg.tta)
             record[f"{name}_loss"], record[f"{name}_acc"] = result["loss"], result["acc"]
             s.writer.add_scalar(f"{name}/loss", result["loss"], step)
             s.writer.add_scalar(f"{name}/acc", result["acc"], step)
@@ -248,34 +257,39 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
 
 
 def finish(s: Session, status: str) -> dict:
-    """Score the test set with the best weights (by val accuracy), log the confusion matrix, write the summary."""
+    """Score the test set (or, with none, the val set) with the best weights; log the confusion matrix; summarise.
+
+    Without a test split the score is that of the val set the best epoch was
+    chosen on, so it flatters the model a little; the summary says which it is.
+    """
     best = s.run_dir / "best.pt"
     scored = "last epoch"
     if best.exists() and s.data.val is not None:
         s.model.load_state_dict(ckpt_io.load(best)["model_state"])
         scored = f"best epoch {s.state.best_epoch}"
-    classes = s.data.spec.classes
-    result = evaluate(s.model, s.data.test.epoch(), s.rt, len(classes), s.cfg.tta)
-    fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} test, {scored}")
+    split, loader = ("test", s.data.test) if s.data.test is not None else ("val", s.data.val)
+    classes = s.data.info.classes
+    result = evaluate(s.model, loader.epoch(), s.rt, len(classes), s.cfg.tta)
+    fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} {split}, {scored}")
     fig.savefig(s.run_dir / "confusion_matrix.png")
-    s.writer.add_figure("test/confusion_matrix", fig, s.state.global_step)  # closes the figure
-    s.writer.add_scalar("test/acc", result["acc"], s.state.global_step)
+    s.writer.add_figure(f"{split}/confusion_matrix", fig, s.state.global_step)  # closes the figure
+    s.writer.add_scalar(f"{split}/acc", result["acc"], s.state.global_step)
     hparams = {k: v for k, v in dataclasses.asdict(s.cfg).items() if isinstance(v, (int, float, str, bool))}
-    s.writer.add_hparams(hparams, {"hparam/test_acc": result["acc"], "hparam/best_val_acc": max(s.state.best_acc, 0)},
+    s.writer.add_hparams(hparams, {f"hparam/{split}_acc": result["acc"], "hparam/best_val_acc": max(s.state.best_acc, 0)},
                          run_name=".")
     per_class = dict(zip(classes, per_class_accuracy(result["confusion"])))
-    return write_summary(s, status, {"test_acc": result["acc"], "test_loss": result["loss"], "test_count": result["count"],
-                                     "test_scored": scored, "per_class_acc": per_class})
+    return write_summary(s, status, {"scored_split": split, f"{split}_acc": result["acc"], f"{split}_loss": result["loss"],
+                                     f"{split}_count": result["count"], f"{split}_scored": scored,
+                                     "per_class_acc": per_class})
 
 
 def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
-    spec = DATASETS[cfg.task]
     device = pick_device(cfg.device)
     rt = Runtime.choose(device, cfg.precision, cfg.channels_last)
     model_config(cfg.model)  # an unknown model name fails before the data is read
-    data = prepare_data(cfg, spec, device)
+    data = prepare_data(cfg, device)
     torch.manual_seed(cfg.seed)  # initial weights
-    mcfg = model_config(cfg.model, in_channels=len(spec.mean), num_classes=len(spec.classes),
+    mcfg = model_config(cfg.model, in_channels=len(data.info.mean), num_classes=len(data.info.classes),
                         image_size=data.samples.shape[-1])
     model = build_model(cfg.model, mcfg).to(device)
     if rt.channels_last:
@@ -290,14 +304,14 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
         state = TrainState(**resume["state"])
         ckpt_io.set_rng_state(resume["rng"])
     else:
-        run_dir = new_run_dir(cfg.run_dir, f"{cfg.task}-{cfg.model}")
+        run_dir = new_run_dir(cfg.run_dir, f"{cfg.task}-{cfg.model}", resumable=True)
         save_toml(cfg, run_dir / "config.toml")
     writer = open_writer(run_dir)
     if resume is None:
         writer.add_images("train/samples", data.samples.float() / 255, 0)
         writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()), 0)
-    say(f"data: {cfg.task} from {data.source}: {len(data.train.labels)} train, "
-        f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels)} test")
+    say(f"data: {cfg.task} from {data.info.source}: {len(data.train.labels)} train, "
+        f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels) if data.test else 0} test")
     say(f"{rt.describe()}  model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
     return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer)
 

@@ -1,9 +1,239 @@
-"""Placeholder while this command is written (issue 3)."""
+"""`torchlab linreg`: fit y = slope * x + intercept + noise by gradient descent.
+
+Two ways, one trajectory. `manual` keeps w and b as plain tensors and updates
+them by hand; `module` uses nn.Linear, nn.MSELoss and optim.SGD. Both start
+from the same seeded parameters, so at the same --lr they take the same steps
+(up to float rounding). The closed-form least-squares fit of the same sample is
+the best any method can do on it: the fit's distance from it is optimisation
+error, its own distance from the true line is what the noise costs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn, optim
+
+from torchlab.engine import NonFiniteLoss, pick_device
+from torchlab.errors import UserError
+from torchlab.logger import new_run_dir, open_writer, say
+
+# (flag, test, requirement): checked before anything runs.
+CHECKS = (("samples", lambda v: v >= 2, "at least 2"), ("steps", lambda v: v >= 1, "at least 1"),
+          ("lr", lambda v: v > 0, "greater than 0"), ("noise", lambda v: v >= 0, "0 or more"),
+          ("log_every", lambda v: v >= 1, "at least 1"), ("tolerance", lambda v: v > 0, "greater than 0"))
 
 
-def add_arguments(p):
-    pass
+def add_arguments(p) -> None:
+    p.add_argument("--method", choices=["manual", "module"], default="manual",
+                   help="manual: tensors w, b and a hand-written update; module: nn.Linear + optim.SGD")
+    p.add_argument("--slope", type=float, default=3.0, help="true slope of the line (default 3.0)")
+    p.add_argument("--intercept", type=float, default=0.8, help="true intercept (default 0.8)")
+    p.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian noise added to y (default 0.05)")
+    p.add_argument("--samples", type=int, default=2000, help="points in the sample, x uniform on [0, 1) (default 2000)")
+    p.add_argument("--steps", type=int, default=1000, help="gradient-descent steps on the whole sample (default 1000)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate, the same for both methods (default 0.1)")
+    p.add_argument("--log-every", type=int, default=100, help="print and log every N steps (default 100)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="report the first step this close to both true values")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample and the starting parameters")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--run-dir", help="TensorBoard log folder (default: runs/linreg-METHOD-TIME)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def make_problem(samples: int, slope: float, intercept: float, noise: float, seed: int) -> dict:
+    """The sample x [n, 1], y [n, 1] and starting parameters w0 [1, 1], b0 [1], all from one seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    # nn.Linear(1, 1) starts from U(-1, 1) (bound 1/sqrt(in_features)); drawn first, so they do not depend on n.
+    w0 = torch.rand([1, 1], generator=g) * 2 - 1
+    b0 = torch.rand([1], generator=g) * 2 - 1
+    x = torch.rand([samples, 1], generator=g)
+    y = slope * x + intercept + noise * torch.randn([samples, 1], generator=g)
+    return {"x": x, "y": y, "init": (w0, b0)}
+
+
+class Watch:
+    """Per-step checks that stay on the device (no .item(), so no sync) until a log step reads them."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, truth, tolerance: float):
+        self.w, self.b, self.truth, self.tolerance = w, b, truth, tolerance
+        self.reached = torch.full((), -1, dtype=torch.long, device=w.device)  # first step within tolerance
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=w.device)  # first non-finite loss
+        self.bad_loss = torch.zeros((), device=w.device)
+
+    @torch.no_grad()
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        new_bad = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(new_bad, step, self.first_bad)
+        self.bad_loss = torch.where(new_bad, loss, self.bad_loss)
+        if self.truth is not None:
+            close = ((self.w - self.truth[0]).abs() <= self.tolerance).all() \
+                & ((self.b - self.truth[1]).abs() <= self.tolerance).all()
+            self.reached = torch.where((self.reached < 0) & close, step, self.reached)
+
+    def check_finite(self) -> None:
+        if self.first_bad.item() >= 0:
+            raise NonFiniteLoss(int(self.first_bad), float(self.bad_loss))
+
+
+def descend(step_fn: Callable[[], torch.Tensor], w, b, steps: int, truth, tolerance: float, log_every: int,
+            on_log) -> dict:
+    """Call `step_fn` (one update, returns the detached loss) `steps` times; read values only at log steps."""
+    watch, history = Watch(w, b, truth, tolerance), []
+    for step in range(1, steps + 1):
+        loss = step_fn()
+        watch.update(step, loss)
+        if step % log_every == 0 or step == steps:
+            watch.check_finite()  # raises NonFiniteLoss naming the first bad step
+            values = torch.stack([loss, w.detach().reshape(()), b.detach().reshape(())]).tolist()  # one sync
+            row = {"step": step, **dict(zip(("loss", "slope", "intercept"), values))}
+            history.append(row)
+            if on_log is not None:
+                on_log(row)
+    reached = int(watch.reached)
+    return {"history": history, "slope": history[-1]["slope"], "intercept": history[-1]["intercept"],
+            "final_loss": history[-1]["loss"], "reached_step": reached if reached > 0 else None}
+
+
+def manual_step(x, y, w, b, lr: float, zero_grads: bool = True) -> torch.Tensor:
+    """One step by hand: x [n, 1], y [n, 1], w [1, 1], b [1]; returns the detached loss []."""
+    loss = ((x @ w + b - y) ** 2).mean()  # [n, 1] predictions minus targets, squared, averaged to []
+    loss.backward()  # adds d loss / d w into w.grad and d loss / d b into b.grad
+    with torch.no_grad():  # the update is not part of the model: keep it out of the graph
+        w -= lr * w.grad
+        b -= lr * b.grad
+    if zero_grads:
+        # backward() adds into .grad, so without this step k would follow the sum of all k gradients so far.
+        # It is the gradients that must be cleared; zeroing w itself (the notes' w.data.zero_()) would
+        # throw away what was learned every step.
+        w.grad.zero_()
+        b.grad.zero_()
+    return loss.detach()
+
+
+def fit_manual(x, y, steps: int, lr: float, *, init, truth=None, tolerance: float = 0.01, log_every: int = 100,
+               on_log=None, zero_grads: bool = True) -> dict:
+    """Gradient descent by hand on x [n, 1], y [n, 1] from init (w0 [1, 1], b0 [1]).
+
+    Returns {"history": [{"step", "loss", "slope", "intercept"} every log_every steps and at the end],
+    "slope", "intercept", "final_loss", "reached_step"}. reached_step is the first step after which both
+    parameters were within `tolerance` of `truth` (slope, intercept), None if never or without truth.
+    Raises NonFiniteLoss if the loss stops being finite.
+    """
+    w = init[0].to(x.device, copy=True).requires_grad_()  # [1, 1]
+    b = init[1].to(x.device, copy=True).requires_grad_()  # [1]
+    return descend(lambda: manual_step(x, y, w, b, lr, zero_grads), w, b, steps, truth, tolerance, log_every, on_log)
+
+
+def module_step(x, y, model: nn.Module, loss_fn, optimizer) -> torch.Tensor:
+    optimizer.zero_grad()  # clear last step's gradients: backward() accumulates
+    loss = loss_fn(model(x), y)  # [n, 1] vs [n, 1] -> []
+    loss.backward()
+    optimizer.step()  # p -= lr * p.grad for each parameter, under no_grad
+    return loss.detach()
+
+
+def fit_module(x, y, steps: int, lr: float, *, init, truth=None, tolerance: float = 0.01, log_every: int = 100,
+               on_log=None) -> dict:
+    """The same descent with nn.Linear(1, 1), nn.MSELoss and optim.SGD from the same init; returns as fit_manual."""
+    model = nn.Linear(1, 1).to(x.device)  # weight [1, 1], bias [1]; computes x @ weight.T + bias
+    with torch.no_grad():
+        model.weight.copy_(init[0])
+        model.bias.copy_(init[1])
+    optimizer = optim.SGD(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss()
+    return descend(lambda: module_step(x, y, model, loss_fn, optimizer), model.weight, model.bias, steps, truth,
+                   tolerance, log_every, on_log)
+
+
+def least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """The exact minimiser of the mean squared error on this sample, in float64: [x 1] @ [slope, b] ~ y."""
+    a = torch.cat([x, torch.ones_like(x)], dim=1).double().cpu()  # [n, 2]
+    solution = torch.linalg.lstsq(a, y.double().cpu()).solution  # [2, 1]
+    return solution[0, 0].item(), solution[1, 0].item()
+
+
+def stable_lr(x: torch.Tensor) -> float:
+    """Gradient descent on this loss converges only for lr < 2 / (largest eigenvalue of its Hessian 2 A^T A / n)."""
+    a = torch.cat([x, torch.ones_like(x)], dim=1).double().cpu()  # [n, 2]
+    return 2 / torch.linalg.eigvalsh(2 * a.T @ a / len(a)).max().item()
+
+
+def check_flags(args) -> None:
+    for flag, ok, requirement in CHECKS:
+        value = getattr(args, flag)
+        if not ok(value) or not math.isfinite(value):
+            raise UserError(f"--{flag.replace('_', '-')} {value}: must be {requirement}",
+                            "see `torchlab linreg --help`")
+    for flag in ("slope", "intercept"):
+        if not math.isfinite(getattr(args, flag)):
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be a finite number", "e.g. --slope 3.0")
+
+
+def log_row(writer, row: dict) -> None:
+    say(f"{row['step']:>7}  {row['loss']:>12.6g}  {row['slope']:>9.5f}  {row['intercept']:>9.5f}")
+    for tag, key in (("train/loss", "loss"), ("params/slope", "slope"), ("params/intercept", "intercept")):
+        writer.add_scalar(tag, row[key], row["step"])
 
 
 def run(args) -> int:
-    raise NotImplementedError
+    check_flags(args)
+    device = pick_device(args.device)
+    problem = make_problem(args.samples, args.slope, args.intercept, args.noise, args.seed)
+    x, y = problem["x"].to(device), problem["y"].to(device)
+    run_dir = new_run_dir(args.run_dir, f"linreg-{args.method}")
+    w0, b0 = problem["init"]
+    say(f"start (seed {args.seed}, same for both methods): slope {w0.item():.5f}, intercept {b0.item():.5f}")
+    say(f"{'step':>7}  {'loss':>12}  {'slope':>9}  {'intercept':>9}")
+    fit = fit_manual if args.method == "manual" else fit_module
+    writer, tic = open_writer(run_dir), time.perf_counter()
+    try:
+        result = fit(x, y, args.steps, args.lr, init=problem["init"], truth=(args.slope, args.intercept),
+                     tolerance=args.tolerance, log_every=args.log_every, on_log=lambda row: log_row(writer, row))
+    except NonFiniteLoss as e:
+        hint = f"use a smaller --lr: this sample needs lr < {stable_lr(x):.3g}; logs so far in {run_dir}"
+        raise UserError(f"linreg diverged: {e} with --lr {args.lr:g}", hint) from None
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - tic
+    best = least_squares(x, y)
+    report = {"method": args.method, "device": str(device), "samples": args.samples, "steps": args.steps,
+              "lr": args.lr, "noise": args.noise, "seed": args.seed, "tolerance": args.tolerance,
+              "true": {"slope": args.slope, "intercept": args.intercept},
+              "fitted": {"slope": result["slope"], "intercept": result["intercept"]},
+              "least_squares": {"slope": best[0], "intercept": best[1]}, "final_loss": result["final_loss"],
+              "reached_step": result["reached_step"], "seconds": seconds, "run_dir": str(run_dir),
+              "history": result["history"]}
+    print(json.dumps(report, indent=2) if args.json else report_text(report))
+    return 0
+
+
+def report_text(r: dict) -> str:
+    true, fit, best, tol = r["true"], r["fitted"], r["least_squares"], r["tolerance"]
+    within = all(abs(fit[k] - true[k]) <= tol for k in true)
+    if r["reached_step"] is None:
+        reached = f"never within {tol:g} of both true values in {r['steps']} steps (not reached)"
+    else:
+        reached = f"first within {tol:g} of both true values at step {r['reached_step']}" \
+                  + ("" if within else ", but not at the end")
+    row = lambda name, slope, intercept, note: f"  {name:<15}{slope:>10.5f}{intercept:>11.5f}   {note}".rstrip()
+    return "\n".join([
+        f"linreg, {r['method']} on {r['device']}: {r['samples']} points of y = {true['slope']:g} x + "
+        f"{true['intercept']:g} + noise (std {r['noise']:g}); {r['steps']} steps at lr {r['lr']:g}, "
+        f"{r['seconds']:.2f} s",
+        "", f"  {'':<15}{'slope':>10}{'intercept':>11}",
+        row("true", true["slope"], true["intercept"], ""),
+        row("fitted", fit["slope"], fit["intercept"], f"final loss {r['final_loss']:.6g}"),
+        row("least squares", best["slope"], best["intercept"],
+            "closed form: the best any method can do on this sample"),
+        "",
+        f"  fitted - least squares: {fit['slope'] - best['slope']:+.2e}, {fit['intercept'] - best['intercept']:+.2e}"
+        "   (optimisation error: more steps shrink it)",
+        f"  least squares - true:   {best['slope'] - true['slope']:+.2e}, {best['intercept'] - true['intercept']:+.2e}"
+        "   (what the noise costs: more --samples shrink it)",
+        f"  {reached}",
+        f"  TensorBoard: tensorboard --logdir {r['run_dir']}"])

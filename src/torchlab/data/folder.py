@@ -1,0 +1,137 @@
+"""Folders of images, one sub-folder per class (ImageFolder layout), decoded into memory.
+
+    DIR/train/ants/*.jpg  DIR/train/bees/*.jpg  DIR/val/ants/...   train/ and val/ used as given
+    DIR/ants/*.jpg        DIR/bees/*.jpg                           a seeded split is made
+
+Every image is decoded once, turned RGB, resized so its shorter side is
+`stored_size(size)` and centre-cropped to a square, then kept as uint8
+[N, 3, S, S]. Training crops `size` x `size` windows of random scale and
+shape out of that square; evaluation takes the central `size` x `size`
+(the usual resize-to-8/7-then-centre-crop of ImageNet evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from torchlab.data.vision import Split
+from torchlab.errors import UserError
+
+
+def stored_size(size: int) -> int:
+    """Side of the square kept in memory: 8/7 of the crop, e.g. 64 -> 73 (224 -> 256 in ImageNet terms)."""
+    return size * 8 // 7
+
+
+@dataclass
+class FolderData:
+    classes: tuple[str, ...]
+    train: Split  # uint8 [N, 3, S, S], S = stored_size(size)
+    val: Split | None  # uint8 [M, 3, size, size], centre-cropped
+    test: Split | None
+    skipped: int  # files that are not images Pillow can decode
+    layout: str  # "train/ and val/ as given" or "one folder, split here"
+
+
+def class_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root}: not a folder", "point it at a folder of class sub-folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UserError(f"--data-dir {root}: no class sub-folders", "put the images of each class in their own sub-folder")
+    return folders
+
+
+def open_rgb(path: Path) -> Image.Image | None:
+    """A file as an RGB image, or None if it is not an image Pillow can decode."""
+    if path.name.startswith("."):
+        return None
+    try:
+        with Image.open(path) as img:
+            return ImageOps.exif_transpose(img).convert("RGB")  # camera rotation applied; palette, gray, alpha -> RGB
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def decode_native(path: Path) -> torch.Tensor | None:
+    """One file -> uint8 [3, H, W] at its own size; None if not a decodable image."""
+    img = open_rgb(path)
+    return None if img is None else TF.pil_to_tensor(img)
+
+
+def decode(path: Path, side: int) -> torch.Tensor | None:
+    """One file -> uint8 [3, side, side] (shorter side resized, centre-cropped); None if not a decodable image."""
+    img = open_rgb(path)
+    if img is None:
+        return None
+    img = TF.resize(img, side, antialias=True)  # shorter side -> side, aspect ratio kept
+    return TF.pil_to_tensor(TF.center_crop(img, [side, side]))
+
+
+def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) -> tuple[Split, tuple[str, ...], int]:
+    """Decode every class folder under `root`; returns (split, class names, skipped file count)."""
+    folders = class_folders(root)
+    names = tuple(f.name for f in folders)
+    if classes is not None and names != classes:
+        raise UserError(f"{root}: classes {', '.join(names)} differ from the training classes {', '.join(classes)}",
+                        "give every split the same class sub-folders")
+    images, labels, skipped = [], [], 0
+    for label, folder in enumerate(folders):
+        count = 0
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            x = decode(path, side)
+            if x is None:
+                skipped += 1
+                continue
+            images.append(x)
+            labels.append(label)
+            count += 1
+        if count == 0:
+            raise UserError(f"{folder}: class {folder.name!r} holds no images", "add images or remove the folder")
+    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64)), names, skipped
+
+
+def centre(split: Split, size: int) -> Split:
+    """Cut the central size x size window out of stored squares: [N, 3, S, S] -> [N, 3, size, size]."""
+    return Split(TF.center_crop(split.images, [size, size]), split.labels)
+
+
+def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Hold out `fraction` of every class (at least one image each), chosen by a seeded permutation."""
+    gen = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for label in split.labels.unique():
+        idx = (split.labels == label).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n = max(1, round(fraction * len(idx)))
+        if n >= len(idx):
+            raise UserError(f"class {int(label)} has only {len(idx)} images: too few to split off validation",
+                            "add images, or give train/ and val/ sub-folders")
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    keep_idx, held_idx = torch.cat(keep).sort().values, torch.cat(held).sort().values
+    return Split(split.images[keep_idx], split.labels[keep_idx]), Split(split.images[held_idx], split.labels[held_idx])
+
+
+def load_folder(root: str | Path, size: int, val_fraction: float, seed: int) -> FolderData:
+    """Read an image folder for training at `size` x `size` pixels."""
+    root, side = Path(root).expanduser(), stored_size(size)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, classes, skipped = read_split(root / "train", side)
+        val, _, s2 = read_split(root / "val", side, classes)
+        test, s3 = None, 0
+        if (root / "test").is_dir():
+            test, _, s3 = read_split(root / "test", side, classes)
+            test = centre(test, size)
+        return FolderData(classes, train, centre(val, size), test, skipped + s2 + s3, "train/ and val/ as given")
+    everything, classes, skipped = read_split(root, side)
+    if val_fraction <= 0:
+        return FolderData(classes, everything, None, None, skipped, "one folder, no validation")
+    train, val = stratified_split(everything, val_fraction, seed)
+    return FolderData(classes, train, centre(val, size), None, skipped,
+                      f"one folder, {val_fraction:.0%} of each class held out (seed {seed})")
