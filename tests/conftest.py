@@ -67,3 +67,53 @@ def tiny_data(tmp_path) -> Path:
 
 # Flags for fast CLI training runs on the tiny dataset.
 TINY = ["--device", "cpu", "--val-size", "100", "--batch-size", "50", "--eval-batch-size", "64", "--log-every", "2"]
+
+
+# CIFAR-10 colours per class: class k is a 12x12 block of PALETTE[k] at a position set by k, on dark noise.
+CIFAR_PALETTE = ((230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30), (230, 30, 230),
+                 (30, 230, 230), (240, 240, 240), (240, 140, 30), (140, 30, 240), (120, 120, 120))
+
+
+def cifar_split(n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """Learnable 32x32 RGB images uint8 [n, 3, 32, 32] and their labels (class k: colour block k)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n) % 10)[torch.randperm(n, generator=g)]
+    images = torch.randint(0, 50, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    for k in range(10):
+        r, c = 2 + (k // 5) * 16, 1 + (k % 5) * 6
+        block = torch.tensor(CIFAR_PALETTE[k], dtype=torch.uint8).view(3, 1, 1)
+        images[labels == k, :, r : r + 12, c : c + 12] = block
+    return images, labels.tolist()
+
+
+def write_cifar_batch(path: Path, images: torch.Tensor, labels: list[int], name: str = "batch") -> None:
+    """One CIFAR-10 python batch: a protocol-2 pickle of a dict with bytes keys, rows RRR..GGG..BBB."""
+    import pickle
+
+    data = images.reshape(len(images), -1).numpy()  # CHW flattened row-major: 1024 R, 1024 G, 1024 B
+    batch = {b"batch_label": name.encode(), b"labels": list(labels), b"data": data,
+             b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(len(labels))]}
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def write_cifar(folder: Path, n_train_per_batch: int = 20, n_test: int = 50,
+                subdir: str = "cifar-10-batches-py") -> Path:
+    """Write a synthetic CIFAR-10 in the real python-batch format under folder/subdir; returns that folder.
+
+    data_batch_1..5 hold n_train_per_batch images each (batch i drawn with seed i), test_batch
+    n_test (seed 6), and batches.meta the ten real class names as bytes.
+    """
+    import pickle
+
+    out = folder / subdir if subdir else folder
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        images, labels = cifar_split(n_train_per_batch, seed=i)
+        write_cifar_batch(out / f"data_batch_{i}", images, labels, f"training batch {i} of 5")
+    images, labels = cifar_split(n_test, seed=6)
+    write_cifar_batch(out / "test_batch", images, labels, "testing batch 1 of 1")
+    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer",
+                                  "dog", "frog", "horse", "ship", "truck")]
+    meta = {b"num_cases_per_batch": n_train_per_batch, b"label_names": names, b"num_vis": 3072}
+    (out / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return out

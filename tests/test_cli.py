@@ -134,7 +134,7 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, capsys):
     one_line_error(capsys, main(["predict", "mixed.pt", "a.png"]), "mixed.pt", "do not fit model 'vgg-small'")
     ckpt["task"] = "cifar10"
     torch.save(ckpt, tmp_path / "other.pt")
-    one_line_error(capsys, main(["eval", "other.pt"]), "other.pt", "cifar10")
+    one_line_error(capsys, main(["eval", "other.pt"]), "other.pt", "1-channel", "cifar10")
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

@@ -453,3 +453,20 @@ def test_model_from_checkpoint_unknown_model_is_user_error():
     with pytest.raises(UserError) as info:
         model_from_checkpoint(ckpt, CPU)
     assert "resnet-9000" in info.value.message
+
+
+def test_colour_photos_are_prepared_as_evaluation_saw_them(tmp_path):
+    """predict's input for an image-folder model equals the val tensor training scored (same resize and crop)."""
+    from torchlab.data.folder import centre, decode, stored_size
+    from torchlab.data.vision import Split
+    from torchlab.tasks.predict import prepare_rgb
+
+    rng = np.random.default_rng(0)
+    for w, h in [(90, 60), (61, 97), (64, 64)]:
+        path = tmp_path / f"photo{w}x{h}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        stored = decode(path, stored_size(24))[None]  # [1, 3, 27, 27] uint8
+        expected = centre(Split(stored, torch.zeros(1)), 24).images[0].float() / 255
+        got = torch.from_numpy(prepare_rgb(Image.open(path), 24, "image-folder"))
+        assert got.shape == (3, 24, 24)
+        assert torch.allclose(got, expected, atol=1e-6)

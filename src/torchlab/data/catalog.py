@@ -23,6 +23,7 @@ from torchlab.data.vision import DATASETS, Split, load_idx_dataset
 from torchlab.errors import UserError
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "image-folder")
+CHANNELS = {"fashion-mnist": 1, "mnist": 1, "cifar10": 3, "image-folder": 3}  # of the images each one yields
 # Per-channel mean and std of CIFAR-10's 50,000 training images (scaled to [0, 1]).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -97,5 +98,5 @@ def iter_train_images(name: str, data_dir: str | None = None) -> tuple[Iterator[
         return iter(loaded.train.images.split(1000)), loaded.source
     root = folder_root(name, data_dir)
     root = root / "train" if (root / "train").is_dir() else root
-    paths = [p for f in folder.class_folders(root) for p in sorted(f.rglob("*")) if p.is_file()]
+    paths = [p for f in folder.class_folders(root) for p in folder.image_files(f)]
     return (x for x in map(folder.decode_native, paths) if x is not None), str(root)

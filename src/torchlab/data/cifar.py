@@ -60,12 +60,16 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise UserError(f"{path}: 'data' must be a uint8 array of shape [N, 3072]", "re-download the dataset")
-    if not isinstance(labels, list) or len(labels) != len(data):
-        raise UserError(f"{path}: {len(labels) if isinstance(labels, list) else 'no'} labels for {len(data)} images",
+    if labels is None:
+        raise UserError(f"{path}: no labels for {len(data)} images", "re-download the dataset")
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise UserError(f"{path}: 'labels' must be a list of integers", "re-download the dataset")
+    if len(labels) != len(data):
+        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images",
                         "re-download the dataset")
-    labels = torch.tensor(labels, dtype=torch.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+    if any(not 0 <= v < len(CLASSES) for v in labels):
         raise UserError(f"{path}: labels outside 0..9", "re-download the dataset")
+    labels = torch.tensor(labels, dtype=torch.int64)
     # Each row is channel-major (RRR..GGG..BBB), so a reshape gives CHW without copying pixels around.
     return torch.from_numpy(data.copy()).view(-1, 3, 32, 32), labels
 

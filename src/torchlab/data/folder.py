@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from torchlab.data.vision import Split
+from torchlab.data.vision import Split, centre_crop
 from torchlab.errors import UserError
 
 
@@ -48,12 +48,13 @@ def class_folders(root: Path) -> list[Path]:
 
 
 def open_rgb(path: Path) -> Image.Image | None:
-    """A file as an RGB image, or None if it is not an image Pillow can decode."""
+    """A file as an RGB image, or None if it is hidden or not an image Pillow can decode."""
     if path.name.startswith("."):
         return None
     try:
         with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")  # camera rotation applied; palette, gray, alpha -> RGB
+            # Camera rotation applied; palette and gray -> RGB; alpha dropped, as torchvision's ImageFolder does.
+            return ImageOps.exif_transpose(img).convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
 
@@ -64,13 +65,23 @@ def decode_native(path: Path) -> torch.Tensor | None:
     return None if img is None else TF.pil_to_tensor(img)
 
 
+def square(img: Image.Image, side: int) -> Image.Image:
+    """Resize so the shorter side is `side` (aspect ratio kept), then cut the central side x side square."""
+    img = TF.resize(img, side, antialias=True)
+    return img.crop(((img.width - side) // 2, (img.height - side) // 2,
+                     (img.width - side) // 2 + side, (img.height - side) // 2 + side))
+
+
 def decode(path: Path, side: int) -> torch.Tensor | None:
     """One file -> uint8 [3, side, side] (shorter side resized, centre-cropped); None if not a decodable image."""
     img = open_rgb(path)
-    if img is None:
-        return None
-    img = TF.resize(img, side, antialias=True)  # shorter side -> side, aspect ratio kept
-    return TF.pil_to_tensor(TF.center_crop(img, [side, side]))
+    return None if img is None else TF.pil_to_tensor(square(img, side))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Files under a class folder, sorted, leaving out hidden files and folders (.DS_Store, .ipynb_checkpoints)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) -> tuple[Split, tuple[str, ...], int]:
@@ -83,7 +94,7 @@ def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) ->
     images, labels, skipped = [], [], 0
     for label, folder in enumerate(folders):
         count = 0
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in image_files(folder):
             x = decode(path, side)
             if x is None:
                 skipped += 1
@@ -98,10 +109,10 @@ def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) ->
 
 def centre(split: Split, size: int) -> Split:
     """Cut the central size x size window out of stored squares: [N, 3, S, S] -> [N, 3, size, size]."""
-    return Split(TF.center_crop(split.images, [size, size]), split.labels)
+    return Split(centre_crop(split.images, size).contiguous(), split.labels)
 
 
-def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def stratified_split(split: Split, fraction: float, seed: int, classes: tuple[str, ...]) -> tuple[Split, Split]:
     """Hold out `fraction` of every class (at least one image each), chosen by a seeded permutation."""
     gen = torch.Generator().manual_seed(seed)
     keep, held = [], []
@@ -110,7 +121,7 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
         idx = idx[torch.randperm(len(idx), generator=gen)]
         n = max(1, round(fraction * len(idx)))
         if n >= len(idx):
-            raise UserError(f"class {int(label)} has only {len(idx)} images: too few to split off validation",
+            raise UserError(f"class {classes[int(label)]!r} has only {len(idx)} images: too few to split off validation",
                             "add images, or give train/ and val/ sub-folders")
         held.append(idx[:n])
         keep.append(idx[n:])
@@ -119,19 +130,23 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 def load_folder(root: str | Path, size: int, val_fraction: float, seed: int) -> FolderData:
-    """Read an image folder for training at `size` x `size` pixels."""
+    """Read an image folder for training at `size` x `size` pixels.
+
+    With a train/ sub-folder, val/ and test/ are used when present; without
+    val/, a seeded share of each training class is held out instead.
+    """
     root, side = Path(root).expanduser(), stored_size(size)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train, classes, skipped = read_split(root / "train", side)
-        val, _, s2 = read_split(root / "val", side, classes)
-        test, s3 = None, 0
-        if (root / "test").is_dir():
-            test, _, s3 = read_split(root / "test", side, classes)
-            test = centre(test, size)
-        return FolderData(classes, train, centre(val, size), test, skipped + s2 + s3, "train/ and val/ as given")
-    everything, classes, skipped = read_split(root, side)
-    if val_fraction <= 0:
-        return FolderData(classes, everything, None, None, skipped, "one folder, no validation")
-    train, val = stratified_split(everything, val_fraction, seed)
-    return FolderData(classes, train, centre(val, size), None, skipped,
-                      f"one folder, {val_fraction:.0%} of each class held out (seed {seed})")
+    given = (root / "train").is_dir()
+    train, classes, skipped = read_split(root / "train" if given else root, side)
+    val = test = None
+    for name in ("val", "test") if given else ():
+        if (root / name).is_dir():
+            split, _, more = read_split(root / name, side, classes)
+            skipped += more
+            val, test = (split, test) if name == "val" else (val, split)
+    layout = "train/ " + ("and val/ as given" if val is not None else "as given") if given else "one folder"
+    if val is None and val_fraction > 0:
+        train, val = stratified_split(train, val_fraction, seed, classes)
+        layout += f", {val_fraction:.0%} of each class held out (seed {seed})"
+    centred = [centre(s, size) if s is not None else None for s in (val, test)]
+    return FolderData(classes, train, centred[0], centred[1], skipped, layout + (", test/ as given" if test else ""))

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from torchlab.data.vision import DATASETS, eval_loader, load_idx_dataset
+from torchlab.data import catalog
+from torchlab.data.vision import eval_loader
 from torchlab.engine import Runtime, evaluate, per_class_accuracy, pick_device
 from torchlab.errors import UserError
 from torchlab.logger import confusion_figure, format_confusion, save_figure
@@ -37,6 +38,10 @@ def open_image(path: Path) -> Image.Image:
         img.load()  # decode now, so a truncated file fails here
     except FileNotFoundError:
         raise UserError(f"{path}: no such file", "check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not an image file", "pass the image files inside it") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{path}: refused, too many pixels ({e})", "downscale the image first") from None
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image Pillow can read", "pass a PNG, JPEG, BMP or GIF file") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -77,13 +82,36 @@ def prepare(img: Image.Image, size: int, invert: str = "auto") -> np.ndarray:
     return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
 
 
+def prepare_rgb(img: Image.Image, size: int, task: str) -> np.ndarray:
+    """A photo for a colour model, as its evaluation saw images: [3, size, size] in [0, 1].
+
+    Image-folder models were scored on the central crop of images resized to
+    8/7 of `size`; CIFAR-10 images are whole objects, so only resize and crop.
+    """
+    from torchlab.data.folder import square, stored_size
+
+    rgb = square(ImageOps.exif_transpose(img).convert("RGB"), stored_size(size) if task == "image-folder" else size)
+    rgb = rgb.crop(centre_box(rgb.width, size))
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def centre_box(side: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the central size x size window, placed as vision.centre_crop places it."""
+    start = (side - size) // 2
+    return start, start, start + size, start + size
+
+
 def predict_paths(ckpt: dict, paths: list[str], device: torch.device, top_k: int, invert: str) -> list[dict]:
     model = model_from_checkpoint(ckpt, device)
     size = ckpt["model_config"].get("image_size", 28)
     mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
-    arrays = [prepare(open_image(Path(p)), size, invert) for p in paths]  # all validated before any work
-    x = (torch.from_numpy(np.stack(arrays))[:, None] - mean) / std  # [N, 1, size, size]
+    images = [open_image(Path(p)) for p in paths]  # all validated before any work
+    if len(ckpt["mean"]) == 3:  # [N, 3, size, size]
+        arrays = np.stack([prepare_rgb(img, size, ckpt["task"]) for img in images])
+    else:  # [N, 1, size, size]
+        arrays = np.stack([prepare(img, size, invert) for img in images])[:, None]
+    x = (torch.from_numpy(arrays) - mean) / std
     with torch.inference_mode():
         probs = model(x.to(device)).float().softmax(1).cpu()
     k = min(top_k, probs.shape[1])
@@ -101,11 +129,18 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
         raise UserError(f"--batch-size {batch_size}: must be at least 1", "e.g. --batch-size 1000")
     device = pick_device(device_name)
     cfg = ckpt.get("train_config", {})
-    if ckpt["task"] not in DATASETS:
+    if ckpt["task"] not in catalog.NAMES:
         raise UserError(f"{ckpt['path']}: checkpoint is for task {ckpt['task']!r}, which `eval` cannot score",
-                        "tasks: " + ", ".join(DATASETS))
-    spec = DATASETS[ckpt["task"]]
-    _, test, source = load_idx_dataset(spec, data_dir or cfg.get("data_dir") or None)
+                        "tasks: " + ", ".join(catalog.NAMES))
+    channels = ckpt["model_config"].get("in_channels")
+    if channels != catalog.CHANNELS[ckpt["task"]]:
+        raise UserError(f"{ckpt['path']}: a model for {channels}-channel images cannot score {ckpt['task']} "
+                        f"({catalog.CHANNELS[ckpt['task']]}-channel)", "the checkpoint's task and weights disagree")
+    info = catalog.load(ckpt["task"], data_dir or cfg.get("data_dir") or None, size=cfg.get("image_size", 64),
+                        val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    # Image folders without test/ are scored on val/ (or the same seeded held-out share as in training).
+    split, test = ("test", info.test) if info.test is not None else ("val", info.val)
+    source = info.source
     model = model_from_checkpoint(ckpt, device)
     rt = Runtime.choose(device, cfg.get("precision", "fp32"), cfg.get("channels_last", "auto"))
     if rt.channels_last:
@@ -115,18 +150,19 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
     path = Path(ckpt["path"])
     png = Path(out) if out else path.with_name(f"{path.stem}-confusion.png")
     try:
-        save_figure(confusion_figure(result["confusion"], ckpt["classes"], f"{ckpt['task']} test: {path.name}"), png)
+        save_figure(confusion_figure(result["confusion"], ckpt["classes"], f"{ckpt['task']} {split}: {path.name}"), png)
     except OSError as e:
         raise UserError(f"--out {png}: cannot write ({e.strerror})", "pass --out with a writable path") from None
     per_class = dict(zip(ckpt["classes"], per_class_accuracy(result["confusion"])))
-    return {"checkpoint": str(path), "task": ckpt["task"], "model": ckpt["model_name"], "source": source,
-            "test_acc": result["acc"], "test_loss": result["loss"], "count": result["count"],
+    return {"checkpoint": str(path), "task": ckpt["task"], "model": ckpt["model_name"], "source": source, "split": split,
+            f"{split}_acc": result["acc"], f"{split}_loss": result["loss"], "count": result["count"],
             "per_class_acc": per_class, "confusion": result["confusion"], "confusion_png": str(png)}
 
 
 def eval_text(r: dict) -> str:
-    lines = [f"{r['checkpoint']} ({r['task']}, {r['model']}): test accuracy {r['test_acc']:.2%} "
-             f"on {r['count']} images, loss {r['test_loss']:.4f}", "per-class accuracy:"]
+    split = r["split"]
+    lines = [f"{r['checkpoint']} ({r['task']}, {r['model']}): {split} accuracy {r[split + '_acc']:.2%} "
+             f"on {r['count']} images, loss {r[split + '_loss']:.4f}", "per-class accuracy:"]
     lines += [f"  {name:<12} {acc:.2%}" for name, acc in r["per_class_acc"].items()]
     lines += ["confusion matrix (rows: true class, columns: predicted):", format_confusion(r["confusion"], list(r["per_class_acc"])),
               f"confusion matrix image: {r['confusion_png']}"]
