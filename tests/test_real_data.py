@@ -26,3 +26,28 @@ def test_real_fashion_mnist_short_run(monkeypatch, capsys, tmp_path):
     assert summary["test_acc"] > 0.6  # 40 steps of Adam already learn a lot; chance is 0.1
     assert main(["eval", "real/best.pt", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_acc"] == pytest.approx(summary["test_acc"])
+
+
+def test_real_stats_derive_the_notes_normalisation(capsys):
+    """The notes type in 0.286 / 0.353 for Fashion-MNIST; `stats` measures them from the training images."""
+    assert main(["stats", "fashion-mnist", "--data-dir", str(SHARED_DATA), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 60000 and r["pixels"] == 60000 * 28 * 28
+    assert r["mean"][0] == pytest.approx(0.2860, abs=5e-5) and r["std"][0] == pytest.approx(0.3530, abs=5e-5)
+
+
+ANTS_BEES = SHARED_DATA / "hymenoptera_data"
+
+
+@pytest.mark.skipif(not ANTS_BEES.is_dir(), reason="no ants/bees photos")
+def test_real_image_folder_photos(capsys, tmp_path):
+    photo = ANTS_BEES / "train" / "ants" / "0013035.jpg"
+    assert main(["image", str(photo), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)[0]
+    assert r["mode"] == "RGB" and r["array"]["shape"] == [r["size"][1], r["size"][0], 3]
+    assert r["tensor"]["shape"] == [3, r["size"][1], r["size"][0]] and r["tensor"]["max"] <= 1.0
+    # A few steps on the real folder: train/ and val/ used as given, the whole val/ scored.
+    code = main(["train", "image-folder", "--data-dir", str(ANTS_BEES), "--max-steps", "3", "--image-size", "32",
+                 "--run-dir", "ants", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["scored_split"] == "val" and summary["val_count"] == 153

@@ -49,7 +49,7 @@ class TrainConfig:
     patience: int = opt(0, "stop after this many epochs without a better val accuracy (0: never)")
     val_size: int = opt(5000, "training images held out for validation (0: none; image-folder: see --val-fraction)")
     val_fraction: float = opt(0.2, "image-folder without a val/ sub-folder: share of each class held out (0: none)")
-    image_size: int = opt(64, "image-folder: side in pixels of the square crops the model sees")
+    image_size: int = opt(96, "image-folder: side in pixels of the square crops the model sees")
     test_every_epoch: bool = opt(False, "also score the test set after every epoch (for time-to-accuracy)")
     seed: int = opt(0, "seed for the split, initial weights, batch order and augmentation")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", ["auto", "cpu", "cuda", "mps"])

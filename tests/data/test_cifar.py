@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,22 @@ def test_data_command_prints_counts(tmp_path, capsys):
     assert main(["data", "cifar10", "--data-dir", str(tmp_path / "c"), "--offline"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("cifar10: 20 train + 9 test images (3, 32, 32), 10 classes")
+
+
+def test_download_goes_through_torchvision_cifar10(tmp_path, monkeypatch):
+    """Online and found nowhere: torchvision.datasets.CIFAR10(download=True) fills the cache, which is then read."""
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR10:  # stands in for the network: writes the files where torchvision would
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            write_cifar(Path(root), n_train_per_batch=3, n_test=4)
+
+    monkeypatch.delenv("TORCHLAB_OFFLINE")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    loaded = catalog.load("cifar10")
+    cache = tmp_path / "cache" / "torchlab"
+    assert calls == [(str(cache), True, True), (str(cache), False, True)]
+    assert len(loaded.train) == 15 and len(loaded.test) == 4 and "(downloaded)" in loaded.source

@@ -53,7 +53,7 @@ def folder_root(name: str, data_dir: str | None) -> Path:
     return Path(data_dir).expanduser()
 
 
-def load(name: str, data_dir: str | None = None, *, size: int = 64, val_fraction: float = 0.2,
+def load(name: str, data_dir: str | None = None, *, size: int = 96, val_fraction: float = 0.2,
          seed: int = 0, offline: bool = False) -> Loaded:
     """Find, check and decode the dataset `name` (see NAMES); `offline` never downloads."""
     if name in DATASETS:

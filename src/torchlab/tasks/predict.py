@@ -136,8 +136,9 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
     if channels != catalog.CHANNELS[ckpt["task"]]:
         raise UserError(f"{ckpt['path']}: a model for {channels}-channel images cannot score {ckpt['task']} "
                         f"({catalog.CHANNELS[ckpt['task']]}-channel)", "the checkpoint's task and weights disagree")
-    info = catalog.load(ckpt["task"], data_dir or cfg.get("data_dir") or None, size=cfg.get("image_size", 64),
-                        val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    info = catalog.load(ckpt["task"], data_dir or cfg.get("data_dir") or None,
+                        size=ckpt["model_config"].get("image_size", 96), val_fraction=cfg.get("val_fraction", 0.2),
+                        seed=cfg.get("seed", 0))
     # Image folders without test/ are scored on val/ (or the same seeded held-out share as in training).
     split, test = ("test", info.test) if info.test is not None else ("val", info.val)
     source = info.source
