@@ -16,10 +16,11 @@ import traceback
 from pathlib import Path
 
 from torchlab import __version__, logger
-from torchlab.config import TrainConfig, add_flags, check_values, resolve
+from torchlab.config import CONFIGS, LMTrainConfig, TrainConfig, add_flags, check_values, resolve
 from torchlab.errors import Interrupted, UserError
 
-TASKS = ("fashion-mnist", "mnist", "cifar10", "image-folder")
+IMAGE_TASKS = ("fashion-mnist", "mnist", "cifar10", "image-folder")
+TASKS = (*IMAGE_TASKS, "lm")
 # The notes' first chapters, one module each under torchlab/tasks/. Each module has
 # `add_arguments(parser)` and `run(args) -> int`: (command, module, help, example).
 BASICS = (
@@ -33,6 +34,8 @@ BASICS = (
      "torchlab linreg --method manual   |   torchlab linreg --method module"),
     ("conv-viz", "convviz", "run a convolution and max-pooling over images; see every output channel",
      "torchlab conv-viz --dataset fashion-mnist --out runs/conv"),
+    ("generate", "generate", "continue a text with a language model from `torchlab train lm`",
+     "torchlab generate runs/<run>/best.pt --prompt '天上的云朵' --tokens 50   |   ... --next 5"),
 )
 # Settings a resumed run may change: they do not alter the numbers already computed.
 RESUMABLE = {"epochs", "device", "max_steps", "log_every", "eval_batch_size", "data_dir", "test_every_epoch", "patience"}
@@ -47,10 +50,9 @@ class Parser(argparse.ArgumentParser):
 
 def cmd_train(args) -> int:
     from torchlab import checkpoint
-    from torchlab.tasks import classify
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.name != "task" and hasattr(args, f.name)}
+    names = {f.name for cls in CONFIGS for f in dataclasses.fields(cls)} - {"task"}
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
     if args.task is not None:
         given["task"] = args.task
     if args.resume:
@@ -58,14 +60,8 @@ def cmd_train(args) -> int:
             raise UserError("--config cannot be combined with --resume", "a resumed run keeps its saved settings")
         run_dir = Path(args.resume)
         ckpt = checkpoint.load(run_dir / "last.pt" if run_dir.is_dir() else run_dir)
-        saved = TrainConfig(**ckpt["train_config"])
-        check_values(given, "command line")
-        for key, value in given.items():
-            if value != getattr(saved, key) and (key not in RESUMABLE or (key == "epochs" and saved.schedule != "constant")):
-                raise UserError(f"--{key.replace('_', '-')} cannot change when resuming (the run used {getattr(saved, key)!r})",
-                                "start a new run to change it")
-        cfg = dataclasses.replace(saved, **given)
-        summary = classify.train(cfg, resume=ckpt, run_dir=Path(ckpt["path"]).parent)
+        cfg = resumed_config(ckpt, given)
+        summary = run_task(cfg, resume=ckpt, run_dir=Path(ckpt["path"]).parent)
     else:
         if args.task is None and not args.config:
             raise UserError("train: name a task (" + ", ".join(TASKS) + ") or --resume RUN_DIR",
@@ -73,9 +69,47 @@ def cmd_train(args) -> int:
         cfg = resolve(given, args.config)
         if cfg.task not in TASKS:
             raise UserError(f"train: unknown task {cfg.task!r}", "choose one of: " + ", ".join(TASKS))
-        summary = classify.train(cfg)
-    print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
+        summary = run_task(cfg)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(lm_summary_text(summary) if cfg.task == "lm" else summary_text(summary))
     return 0
+
+
+def resumed_config(ckpt: dict, given: dict):
+    """The saved config, with the few settings that may change on resume (they alter no past numbers)."""
+    cls = LMTrainConfig if ckpt["task"] == "lm" else TrainConfig
+    saved = cls(**ckpt["train_config"])
+    check_values(given, "command line", cls)
+    # A language model's eval streams restart from a zero state, so their count changes perplexity a little.
+    resumable = RESUMABLE - {"eval_batch_size"} if cls is LMTrainConfig else RESUMABLE
+    for key, value in given.items():
+        if value != getattr(saved, key) and (key not in resumable or (key == "epochs" and saved.schedule != "constant")):
+            raise UserError(f"--{key.replace('_', '-')} cannot change when resuming (the run used {getattr(saved, key)!r})",
+                            "start a new run to change it")
+    return dataclasses.replace(saved, **given)
+
+
+def run_task(cfg, resume: dict | None = None, run_dir: Path | None = None) -> dict:
+    if cfg.task == "lm":
+        from torchlab.tasks import lm
+
+        return lm.train(cfg, resume=resume, run_dir=run_dir)
+    from torchlab.tasks import classify
+
+    return classify.train(cfg, resume=resume, run_dir=run_dir)
+
+
+def lm_summary_text(s: dict) -> str:
+    lines = [f"run {s['run_dir']} {s['status']}: {s['epochs']} epochs, {s['steps']} steps, "
+             f"{s['train_seconds']:.1f} s training at {s['tokens_per_second']:.0f} tokens/s"]
+    if s.get("best_val_ppl") is not None:
+        lines.append(f"best val perplexity {s['best_val_ppl']:.3f} (epoch {s['best_epoch']})")
+    lines.append(f"test perplexity {s['test_ppl']:.3f} on {s['test_tokens']} tokens ({s['test_scored']})")
+    lines.append(f"checkpoints: {s['run_dir']}/last.pt, best.pt; "
+                 f"continue a prompt with: torchlab generate {s['run_dir']}/best.pt --prompt TEXT")
+    return "\n".join(lines)
 
 
 def summary_text(s: dict) -> str:
@@ -209,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subparser(subs, "data", "find and check the datasets (no download with --offline)",
                   "torchlab data fashion-mnist --data-dir ../shared/data")
-    p.add_argument("names", nargs="*", choices=[[], *TASKS], metavar="NAME", help=", ".join(TASKS) + " (default: fashion-mnist, mnist)")
+    p.add_argument("names", nargs="*", choices=[[], *IMAGE_TASKS], metavar="NAME",
+                   help=", ".join(IMAGE_TASKS) + " (default: fashion-mnist, mnist)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--offline", action="store_true", help="only look on disk, never download")
     p.set_defaults(func=cmd_data)

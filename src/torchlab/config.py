@@ -59,6 +59,51 @@ class TrainConfig:
     run_dir: str = opt("", "where logs and checkpoints go (default: runs/TASK-MODEL-TIME)")
 
 
+@dataclass
+class LMTrainConfig:
+    """`torchlab train lm`: a recurrent language model trained with truncated back-propagation through time."""
+
+    task: str = opt("lm", "always lm", flag=False)
+    corpus: str = opt("timemachine", "timemachine, tang, or the path of a text file")
+    level: str = opt("char", "tokens: characters, or words with punctuation split off (Chinese: always characters)",
+                     ["char", "word"])
+    script: str = opt("simplified", "tang: convert to simplified characters with OpenCC, or keep the traditional ones",
+                      ["simplified", "traditional"])
+    encoding: str = opt("utf-8", "encoding of a corpus file (e.g. gb18030, latin-1)")
+    cell: str = opt("lstm", "recurrent cell", ["rnn", "lstm", "gru"])
+    impl: str = opt("torch", "torch: PyTorch's fused layers; scratch: torchlab's cells written from the equations",
+                    ["torch", "scratch"])
+    embed_size: int = opt(256, "size of the token embeddings")
+    hidden_size: int = opt(512, "size of the hidden state of each layer")
+    layers: int = opt(2, "stacked recurrent layers")
+    dropout: float = opt(0.3, "dropout between layers and before the output layer")
+    embed_dropout: float = opt(0.1, "dropout on the token embeddings")
+    tie: bool = opt(False, "share the output layer's weights with the embedding (needs embed size = hidden size)")
+    bptt: int = opt(128, "tokens per window of truncated back-propagation through time")
+    clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
+    epochs: int = opt(20, "passes over the training text")
+    batch_size: int = opt(32, "parallel text streams per step")
+    eval_batch_size: int = opt(16, "parallel streams when evaluating (every token is scored once; each stream "
+                                   "starts from a zero state, so this shifts perplexity slightly)")
+    optimizer: str = opt("adamw", "update rule", ["sgd", "adam", "adamw"])
+    lr: float = opt(3e-3, "learning rate (the peak rate for one-cycle)")
+    momentum: float = opt(0.9, "momentum for sgd (Nesterov)")
+    weight_decay: float = opt(0.1, "L2 penalty (decoupled for adamw)")
+    schedule: str = opt("cosine", "learning-rate schedule over all steps", ["constant", "cosine", "onecycle"])
+    precision: str = opt("fp32", "arithmetic for forward passes (bf16 autocast is faster, changes numbers)",
+                         ["fp32", "bf16"])
+    patience: int = opt(0, "stop after this many epochs without a better val perplexity (0: never)")
+    seed: int = opt(0, "seed for the split of multi-document corpora, initial weights, window offsets, dropout")
+    device: str = opt("auto", "auto picks cuda, then mps, then cpu", ["auto", "cpu", "cuda", "mps"])
+    max_steps: int = opt(0, "stop after this many training steps (0: no limit); for quick dry runs")
+    log_every: int = opt(50, "steps between loss readings (each one syncs with the device)")
+    data_dir: str = opt("", "folder holding the corpus (see `torchlab train --help`)")
+    run_dir: str = opt("", "where logs and checkpoints go (default: runs/lm-CORPUS-CELL-TIME)")
+
+
+CONFIGS = (TrainConfig, LMTrainConfig)
+
+
 # Where a dataset needs other settings than the notes' Fashion-MNIST ones.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # A few hundred photos: a batch-norm CNN, strong augmentation and many short epochs.
@@ -98,18 +143,25 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; unset flags stay absent so they don't override TOML or recipes."""
-    for f in dataclasses.fields(TrainConfig):
-        if not f.metadata["flag"]:
-            continue
-        name = "--" + f.name.replace("_", "-")
-        helptext = f.metadata["help"] + f" (default: {f.default})"
-        if f.type == "bool" or isinstance(f.default, bool):
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
-            continue
-        choices = list(RECIPES) if f.name == "recipe" else f.metadata["choices"]
-        parser.add_argument(name, type=type(f.default), choices=choices, default=argparse.SUPPRESS,
-                            metavar=f.name.upper() if not choices else None, help=helptext)
+    """One flag per field of TrainConfig and LMTrainConfig (shared names once); unset flags stay absent,
+    so they override neither TOML files nor recipes."""
+    seen = set()
+    lm_group = parser.add_argument_group("language models (train lm)")
+    for cls in CONFIGS:
+        for f in dataclasses.fields(cls):
+            if not f.metadata["flag"] or f.name in seen:
+                continue
+            seen.add(f.name)
+            target = lm_group if cls is LMTrainConfig else parser
+            name = "--" + f.name.replace("_", "-")
+            helptext = f.metadata["help"] + f" (default: {f.default})"
+            if isinstance(f.default, bool):
+                target.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                    help=helptext)
+                continue
+            choices = list(RECIPES) if f.name == "recipe" else f.metadata["choices"]
+            target.add_argument(name, type=type(f.default), choices=choices, default=argparse.SUPPRESS,
+                                metavar=f.name.upper() if not choices else None, help=helptext)
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -123,12 +175,15 @@ def load_toml(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
-def check_values(values: dict[str, Any], origin: str) -> None:
+def check_values(values: dict[str, Any], origin: str, cls: type = TrainConfig) -> None:
     """Reject unknown keys, wrong types and values outside their choices."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields:
-            raise UserError(f"{origin}: unknown setting {key!r}", "see `torchlab train --help` for the keys")
+            other = next((c for c in CONFIGS if c is not cls and key in {f.name for f in dataclasses.fields(c)}), None)
+            which = "language models (train lm)" if cls is LMTrainConfig else "image classification"
+            raise UserError(f"{origin}: {key!r} is not a setting for {which}" if other else
+                            f"{origin}: unknown setting {key!r}", "see `torchlab train --help` for the keys")
         f = fields[key]
         kind = type(f.default)
         if not isinstance(value, kind) and not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
@@ -136,30 +191,36 @@ def check_values(values: dict[str, Any], origin: str) -> None:
         choices = list(RECIPES) if key == "recipe" else f.metadata["choices"]
         if choices and value not in choices:
             raise UserError(f"{origin}: {key} must be one of {', '.join(choices)}, got {value!r}", "fix the value")
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every", "embed_size", "hidden_size", "layers", "bptt"):
         if key in values and values[key] < 1:
             raise UserError(f"{origin}: {key} must be at least 1, got {values[key]}", "fix the value")
     if "val_fraction" in values and not 0 <= values["val_fraction"] < 1:
         raise UserError(f"{origin}: val_fraction must be in [0, 1), got {values['val_fraction']}", "e.g. 0.2")
     if "image_size" in values and not 8 <= values["image_size"] <= 1024:
         raise UserError(f"{origin}: image_size must be between 8 and 1024, got {values['image_size']}", "e.g. 64")
-    for key in ("lr", "weight_decay", "label_smoothing", "val_size", "max_steps", "patience"):
+    for key in ("dropout", "embed_dropout"):
+        if key in values and not 0 <= values[key] < 1:
+            raise UserError(f"{origin}: {key} must be in [0, 1), got {values[key]}", "e.g. 0.3")
+    for key in ("lr", "weight_decay", "label_smoothing", "val_size", "max_steps", "patience", "clip"):
         if key in values and values[key] < 0:
             raise UserError(f"{origin}: {key} must not be negative, got {values[key]}", "fix the value")
 
 
-def resolve(cli: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
-    """Defaults < recipe < TOML file < command-line flags."""
+def resolve(cli: dict[str, Any], toml_path: str | None = None):
+    """Defaults < task defaults < recipe < TOML file < command-line flags; returns TrainConfig or LMTrainConfig."""
     file_values = load_toml(toml_path) if toml_path else {}
-    check_values(file_values, f"--config {toml_path}")
-    check_values(cli, "command line")
-    recipe = cli.get("recipe", file_values.get("recipe", "notes"))
     task = cli.get("task", file_values.get("task", TrainConfig.task))
+    cls = LMTrainConfig if task == "lm" else TrainConfig
+    check_values(file_values, f"--config {toml_path}", cls)
+    check_values(cli, "command line", cls)
+    if cls is LMTrainConfig:
+        return LMTrainConfig(**{**file_values, **cli})
+    recipe = cli.get("recipe", file_values.get("recipe", "notes"))
     values = {**TASK_DEFAULTS.get(task, {}), **RECIPES[recipe], **file_values, **cli, "recipe": recipe}
     return TrainConfig(**values)
 
 
-def save_toml(cfg: TrainConfig, path: Path) -> None:
+def save_toml(cfg, path: Path) -> None:
     """Write the resolved config so `--config` can replay the run."""
     lines = []
     for key, value in dataclasses.asdict(cfg).items():
