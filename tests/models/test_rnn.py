@@ -294,3 +294,16 @@ def test_tiny_lm_overfits_a_repeated_sequence():
         opt.step()
     assert loss.item() < 0.1, (step, loss.item())
     assert time.perf_counter() - tic < 3.0
+
+
+@pytest.mark.parametrize("mode", sorted(LAYERS))
+def test_recurrent_trains_under_bf16_autocast(mode):
+    # The matmuls run in bf16 while a carried state may be fp32: the equations must mix the two.
+    ours = Recurrent(mode, I, H, 2)
+    x = torch.randn(B, 5, I, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in as_tuple(ours.init_state(B)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, final = ours(x, state if mode == "lstm" else state[0])
+    (out.float().sum() + sum(s.float().sum() for s in as_tuple(final))).backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in [x, *state, *ours.parameters()])

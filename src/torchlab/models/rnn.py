@@ -72,7 +72,9 @@ def gru_step(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> T
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
-    return torch.lerp(n, h, z)  # (1 - z) * n + z * h in one op
+    # Not torch.lerp(n, h, z): under bf16 autocast n is bf16 and h may be fp32, which lerp refuses
+    # while * and + promote.
+    return (1 - z) * n + z * h
 
 
 # --- cells ------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def check_flags(args) -> None:
                                   ("--top-k", args.top_k, args.top_k >= 0, "0 or more"),
                                   ("--next", args.next, args.next >= 0, "0 or more")):
         if not ok:
-            raise UserError(f"{flag} {value}: must be {need}", f"see `torchlab generate --help`")
+            raise UserError(f"{flag} {value}: must be {need}", "see `torchlab generate --help`")
 
 
 def load_model(path: str, device: torch.device) -> tuple[LanguageModel, Vocab]:
