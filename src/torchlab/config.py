@@ -33,7 +33,7 @@ class TrainConfig:
     recipe: str = opt("notes", "named preset of the settings below")
     model: str = opt("notes-cnn", "network (see `torchlab models`)")
     epochs: int = opt(3, "passes over the training split")
-    batch_size: int = opt(64, "training images per step")
+    batch_size: int = opt(64, "training images per step (lm: parallel text streams)")
     eval_batch_size: int = opt(1000, "images per step when evaluating (does not change results)")
     optimizer: str = opt("adam", "update rule", ["sgd", "adam", "adamw"])
     lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)")
@@ -147,6 +147,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     so they override neither TOML files nor recipes."""
     seen = set()
     lm_group = parser.add_argument_group("language models (train lm)")
+    lm_defaults = {f.name: f.default for f in dataclasses.fields(LMTrainConfig)}
     for cls in CONFIGS:
         for f in dataclasses.fields(cls):
             if not f.metadata["flag"] or f.name in seen:
@@ -154,7 +155,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             seen.add(f.name)
             target = lm_group if cls is LMTrainConfig else parser
             name = "--" + f.name.replace("_", "-")
-            helptext = f.metadata["help"] + f" (default: {f.default})"
+            lm_default = lm_defaults.get(f.name, f.default) if cls is TrainConfig else f.default
+            also = f"; lm: {lm_default}" if lm_default != f.default else ""
+            helptext = f.metadata["help"] + f" (default: {f.default}{also})"
             if isinstance(f.default, bool):
                 target.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                     help=helptext)
