@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,8 +207,7 @@ def end_epoch(s: Session, metrics: dict, seconds: float, complete: bool) -> bool
 
 
 def fit(s: Session, stop: StopFlag) -> str:
-    import time
-
+    """Run epochs until done, early-stopped, max-steps or Ctrl-C; returns how it ended."""
     cfg, state = s.cfg, s.state
     while state.epoch < cfg.epochs:
         tic = time.perf_counter()
