@@ -140,3 +140,14 @@ def test_iter_train_images_errors(tmp_path):
         catalog.iter_train_images("image-folder", None)
     with pytest.raises(UserError, match="not a folder"):
         catalog.iter_train_images("image-folder", str(tmp_path / "missing"))
+
+
+def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):  # green is 30 everywhere
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (12, 12), colour).save(tmp_path / split / name / "a.png")
+    d = catalog.load("image-folder", str(tmp_path), size=8)
+    assert d.std[1] == 1.0 and d.std[0] > 0.3 and d.mean[1] == pytest.approx(30 / 255, abs=1e-4)

@@ -185,3 +185,21 @@ def test_data_command_counts(colours, tmp_path, capsys):
     assert main(["data", "image-folder", "--data-dir", str(colours), "--offline"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("image-folder: 54 train + 18 val images") and "3 classes" in out
+
+
+def test_resume_refuses_an_image_folder_whose_classes_changed(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for split, n in (("train", 8), ("val", 2)):
+        for c, colour in enumerate(((220, 30, 30), (30, 30, 220))):
+            folder = root / split / ("red", "blue")[c]
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), colour).save(folder / f"{i}.png")
+    args = ["train", "image-folder", "--data-dir", str(root), "--image-size", "16", "--batch-size", "4",
+            "--epochs", "2", "--max-steps", "2", "--device", "cpu", "--run-dir", "r", "--quiet"]
+    assert main(args) == 0
+    (root / "train" / "red").rename(root / "train" / "crimson")  # the class names (and order) change
+    (root / "val" / "red").rename(root / "val" / "crimson")
+    assert main(["train", "--resume", "r", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("torchlab: error: --resume: the data changed") and "Traceback" not in "\n".join(err)

@@ -78,7 +78,9 @@ def folder_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, 
     from torchlab.data.stats import channel_stats
 
     stats = channel_stats(images.split(256))
-    return tuple(round(m, 4) for m in stats["mean"]), tuple(round(s, 4) for s in stats["std"])
+    # A channel that never changes (std 0) would divide by zero: it carries nothing, so it is only centred.
+    std = tuple(round(s, 4) if s > 1e-4 else 1.0 for s in stats["std"])
+    return tuple(round(m, 4) for m in stats["mean"]), std
 
 
 def load_train_images(name: str, data_dir: str | None = None) -> tuple[torch.Tensor, str]:

@@ -288,6 +288,10 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     rt = Runtime.choose(device, cfg.precision, cfg.channels_last)
     model_config(cfg.model)  # an unknown model name fails before the data is read
     data = prepare_data(cfg, device)
+    if resume is not None and (list(data.info.classes), list(data.info.mean), list(data.info.std)) != \
+            (resume["classes"], resume["mean"], resume["std"]):
+        raise UserError(f"--resume: the data changed since the run started (classes or normalisation differ from "
+                        f"{resume['path']})", "restore the original data, or start a new run")
     torch.manual_seed(cfg.seed)  # initial weights
     mcfg = model_config(cfg.model, in_channels=len(data.info.mean), num_classes=len(data.info.classes),
                         image_size=data.samples.shape[-1])
