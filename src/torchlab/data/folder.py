@@ -149,4 +149,5 @@ def load_folder(root: str | Path, size: int, val_fraction: float, seed: int) -> 
         train, val = stratified_split(train, val_fraction, seed, classes)
         layout += f", {val_fraction:.0%} of each class held out (seed {seed})"
     centred = [centre(s, size) if s is not None else None for s in (val, test)]
-    return FolderData(classes, train, centred[0], centred[1], skipped, layout + (", test/ as given" if test else ""))
+    return FolderData(classes, train, centred[0], centred[1], skipped,
+                      layout + (", test/ as given" if test is not None else ""))
