@@ -226,12 +226,13 @@ def fit(s: Session, stop: StopFlag) -> str:
     return "finished"
 
 
-def non_finite_error(s: Session, e: NonFiniteLoss) -> UserError:
+def non_finite_error(s, e: NonFiniteLoss, summarise=None, hint: str = "lower --lr, or try --precision fp32") -> UserError:
+    """Record a failed run (summary.json) and say which checkpoint survives; shared by every training task."""
     last = s.run_dir / "last.pt"
     kept = f"last good checkpoint {last} (epoch {s.state.epoch}) kept" if last.exists() else "no checkpoint was written yet"
-    write_summary(s, "failed", {"error": str(e)})
+    (summarise or write_summary)(s, "failed", {"error": str(e)})
     return UserError(f"loss became {e.value} at step {e.step} (epoch {s.state.epoch + 1}); training stopped, {kept}",
-                     "lower --lr, or try --precision fp32")
+                     hint)
 
 
 def write_summary(s: Session, status: str, extra: dict) -> dict:
@@ -323,15 +324,22 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
 def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None) -> dict:
     """Train (or resume) one run and return its summary dict."""
     s = start(cfg, resume, run_dir)
-    stop = stop or StopFlag()
+    if s.state.epoch >= cfg.epochs:
+        say(f"run already completed {s.state.epoch} epochs; scoring it again")
+    return supervise(s, fit, finish, write_summary, stop or StopFlag())
+
+
+def supervise(s, fit, finish, summarise, stop: StopFlag) -> dict:
+    """Run `fit` with Ctrl-C caught, then `finish`; an interrupted run still leaves its summary; the writer closes.
+
+    Shared by every training task: `s` is the task's session (with .writer), the functions are the task's own.
+    """
     try:
-        if s.state.epoch >= cfg.epochs:
-            say(f"run already completed {s.state.epoch} epochs; scoring it again")
         with graceful_interrupt(stop):
             status = fit(s, stop)
         return finish(s, status)
     except Interrupted:
-        write_summary(s, "interrupted", {})
+        summarise(s, "interrupted", {})
         raise
     finally:
         s.writer.close()

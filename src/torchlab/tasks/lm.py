@@ -26,11 +26,11 @@ from torchlab import checkpoint as ckpt_io
 from torchlab.config import LMTrainConfig, save_toml
 from torchlab.data.corpora import load_corpus
 from torchlab.data.text import Vocab, batchify, batchify_eval, split_documents, tokenize, windows
-from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, graceful_interrupt, pick_device
+from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, pick_device
 from torchlab.errors import Interrupted, UserError
 from torchlab.logger import new_run_dir, open_writer, progress, say
 from torchlab.models.rnn import LanguageModel, LMConfig
-from torchlab.tasks.classify import build_optimizer
+from torchlab.tasks.classify import build_optimizer, non_finite_error, supervise
 
 VAL_FRACTION = TEST_FRACTION = 0.05
 
@@ -214,12 +214,7 @@ def fit(s: Session, stop: StopFlag) -> str:
         try:
             metrics = train_steps(s, stop)
         except NonFiniteLoss as e:
-            last = s.run_dir / "last.pt"
-            kept = f"last good checkpoint {last} (epoch {state.epoch}) kept" if last.exists() else \
-                "no checkpoint was written yet"
-            write_summary(s, "failed", {"error": str(e)})
-            raise UserError(f"loss became {e.value} at step {e.step} (epoch {state.epoch + 1}); training stopped, "
-                            f"{kept}", "lower --lr, or clip gradients with --clip") from None
+            raise non_finite_error(s, e, write_summary, "lower --lr, or clip gradients with --clip") from None
         seconds = time.perf_counter() - tic
         state.train_seconds += seconds
         state.tokens_seen += metrics["tokens"]
@@ -308,14 +303,4 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
 def train(cfg: LMTrainConfig, resume: dict | None = None, run_dir: Path | None = None,
           stop: StopFlag | None = None) -> dict:
     """Train (or resume) one language model and return its summary dict."""
-    s = start(cfg, resume, run_dir)
-    stop = stop or StopFlag()
-    try:
-        with graceful_interrupt(stop):
-            status = fit(s, stop)
-        return finish(s, status)
-    except Interrupted:
-        write_summary(s, "interrupted", {})
-        raise
-    finally:
-        s.writer.close()
+    return supervise(start(cfg, resume, run_dir), fit, finish, write_summary, stop or StopFlag())
