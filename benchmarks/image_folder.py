@@ -13,8 +13,6 @@ chance: the share of the larger class in val/.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import shlex
 import statistics
@@ -23,22 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from torchlab.cli import main
+from run_cli import torchlab_json
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "hymenoptera_data"
 
 
 def one_run(data_dir: Path, seed: int, extra: list[str], workdir: Path) -> dict:
-    run_dir = workdir / f"seed{seed}"
-    out = io.StringIO()
     tic = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        code = main(["train", "image-folder", "--data-dir", str(data_dir), "--seed", str(seed), "--run-dir",
-                     str(run_dir), "--json", "--quiet", *extra])
-    if code != 0:
-        sys.exit(f"run with seed {seed} failed with exit code {code}")
-    s = json.loads(out.getvalue())
+    s = torchlab_json(["train", "image-folder", "--data-dir", str(data_dir), "--seed", str(seed), "--run-dir",
+                       str(workdir / f"seed{seed}"), *extra])
     return {"seed": seed, "best_val_acc": s["best_val_acc"], "best_epoch": s["best_epoch"],
             "last_val_acc": s["history"][-1]["val_acc"], "train_seconds": s["train_seconds"],
             "wall_seconds": time.perf_counter() - tic, "epochs": s["epochs"]}

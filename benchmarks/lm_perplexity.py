@@ -13,8 +13,6 @@ frequency, the perplexity any model must beat.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import shlex
@@ -24,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from torchlab.cli import main
+from run_cli import torchlab_json
 from torchlab.data.corpora import load_corpus
 from torchlab.data.text import split_documents, tokenize
 
@@ -43,14 +41,9 @@ def unigram_ppl(corpus: str, data_dir: Path) -> float:
 
 
 def one_run(corpus: str, cell: str, data_dir: Path, extra: list[str], workdir: Path) -> dict:
-    out = io.StringIO()
     tic = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        code = main(["train", "lm", "--corpus", corpus, "--cell", cell, "--data-dir", str(data_dir), "--run-dir",
-                     str(workdir / f"{corpus}-{cell}"), "--json", "--quiet", *extra])
-    if code != 0:
-        sys.exit(f"{corpus}/{cell} failed with exit code {code}")
-    s = json.loads(out.getvalue())
+    s = torchlab_json(["train", "lm", "--corpus", corpus, "--cell", cell, "--data-dir", str(data_dir), "--run-dir",
+                       str(workdir / f"{corpus}-{cell}"), *extra])
     return {"corpus": corpus, "cell": cell, "best_val_ppl": s["best_val_ppl"], "best_epoch": s["best_epoch"],
             "test_ppl": s["test_ppl"], "epochs": s["epochs"], "steps": s["steps"], "train_seconds": s["train_seconds"],
             "tokens_per_second": s["tokens_per_second"], "wall_seconds": round(time.perf_counter() - tic, 1),

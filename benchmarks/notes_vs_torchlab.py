@@ -22,8 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import redirect_stdout
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ from torch import nn, optim
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from torchlab.cli import main as torchlab_main
+from run_cli import torchlab_json
 from torchlab.data.locate import candidate_dirs, files_in
 from torchlab.data.vision import DATASETS
 
@@ -104,15 +102,11 @@ def notes_pipeline(root: Path, epochs: int, seed: int, device: str = "cpu") -> l
 
 def torchlab_pipeline(data_dir: str, epochs: int, seed: int, extra: list[str], device: str = "cpu") -> list[dict]:
     run_dir = Path(tempfile.mkdtemp()) / "run"
-    out = StringIO()
-    with redirect_stdout(out):
-        code = torchlab_main(["train", "fashion-mnist", "--model", "notes-cnn", "--epochs", str(epochs),
-                              "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3", "--val-size", "0",
-                              "--test-every-epoch", "--seed", str(seed), "--data-dir", data_dir,
-                              "--run-dir", str(run_dir), "--device", device, "--json", "--quiet", *extra])
-    if code != 0:
-        sys.exit(f"torchlab train failed with exit code {code}")
-    history, previous, rows = json.loads(out.getvalue())["history"], 0.0, []
+    summary = torchlab_json(["train", "fashion-mnist", "--model", "notes-cnn", "--epochs", str(epochs),
+                             "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3", "--val-size", "0",
+                             "--test-every-epoch", "--seed", str(seed), "--data-dir", data_dir,
+                             "--run-dir", str(run_dir), "--device", device, *extra])
+    history, previous, rows = summary["history"], 0.0, []
     for h in history:
         rows.append({"epoch": h["epoch"], "seconds": h["train_seconds"] - previous, "acc": h["test_acc"],
                      "notes_acc": None, "scored": 10000})

@@ -11,28 +11,20 @@ same number of seconds' worth of epochs, unless `--no-baseline`.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
-from contextlib import redirect_stdout
-from io import StringIO
 from pathlib import Path
 
 import torch
 
-from torchlab.cli import main as torchlab_main
+from run_cli import torchlab_json
 
 
 def train(args: list[str]) -> tuple[dict, float]:
-    out = StringIO()
     tic = time.perf_counter()
-    with redirect_stdout(out):
-        code = torchlab_main(["train", "fashion-mnist", "--test-every-epoch", "--json", "--quiet",
-                              "--run-dir", str(Path(tempfile.mkdtemp()) / "run"), *args])
-    if code != 0:
-        sys.exit(f"torchlab train {' '.join(args)} failed with exit code {code}")
-    return json.loads(out.getvalue()), time.perf_counter() - tic
+    summary = torchlab_json(["train", "fashion-mnist", "--test-every-epoch",
+                             "--run-dir", str(Path(tempfile.mkdtemp()) / "run"), *args])
+    return summary, time.perf_counter() - tic
 
 
 def main() -> None:
