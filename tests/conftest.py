@@ -117,3 +117,22 @@ def write_cifar(folder: Path, n_train_per_batch: int = 20, n_test: int = 50,
     meta = {b"num_cases_per_batch": n_train_per_batch, b"label_names": names, b"num_vis": 3072}
     (out / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return out
+
+
+def weights(path):
+    """The model weights of a checkpoint file."""
+    return torch.load(path, weights_only=True)["model_state"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def error_line(capsys) -> str:
+    """The error of a failed command: exactly one line on stderr, no traceback (run with --quiet)."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "\n" not in err, err
+    assert err.startswith("torchlab: error: ")
+    return err

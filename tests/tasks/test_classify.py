@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, assert_same_weights, weights
 from torchlab.cli import main
 from torchlab.data.vision import TensorLoader
 
@@ -16,14 +16,8 @@ def run(args, capsys=None):
     return code, (capsys.readouterr() if capsys else None)
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)["model_state"]
 
 
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_train_writes_a_complete_run(tiny_data, tmp_path, capsys):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import TINY, write_dataset
+from tests.test_cli import one_line_error
 from torchlab.cli import main
 from torchlab.models.cnn import conv_out
 from torchlab.tasks.convviz import conv2d_by_hand, output_size
@@ -24,13 +25,6 @@ def grid_px(count: int, per_row: int, tile_h: int, tile_w: int, pad: int = 2) ->
     return cols * (tile_w + pad) + pad, rows * (tile_h + pad) + pad
 
 
-def one_line_error(capsys, code, *fragments):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert err and err[-1].startswith("torchlab: error: "), err
-    assert "Traceback" not in "\n".join(err)
-    for fragment in fragments:
-        assert fragment in err[-1], err[-1]
 
 
 @pytest.mark.parametrize("kernel, stride, padding", list(itertools.product(range(1, 6), range(1, 4), range(3))))

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, error_line
 from torchlab.cli import main
 from torchlab.config import LMTrainConfig
 from torchlab.data.text import tokenize
@@ -60,11 +60,6 @@ def generate_json(capsys, checkpoint, *args) -> dict:
     return json.loads(out)
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and "\n" not in err, err
-    assert err.startswith("torchlab: error: ")
-    return err
 
 
 def rebuild(checkpoint):

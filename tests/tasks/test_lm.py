@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, assert_same_weights, error_line, weights
 from torchlab.cli import main
 from torchlab.config import LMTrainConfig
 from torchlab.data.text import Vocab, split_documents, tokenize
@@ -49,14 +49,8 @@ def train_args(corpus, *extra) -> list[str]:
     return ["train", "lm", "--corpus", str(corpus), *TINY_LM, *extra]
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)["model_state"]
 
 
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def history(run_dir):
@@ -65,12 +59,6 @@ def history(run_dir):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-def error_line(capsys) -> str:
-    """The error of a failed command: exactly one line on stderr, no traceback (run with --quiet)."""
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and "\n" not in err, err
-    assert err.startswith("torchlab: error: ")
-    return err
 
 
 # --- a whole run ------------------------------------------------------------------------------
