@@ -78,9 +78,13 @@ class LMTrainConfig:
     layers: int = opt(2, "stacked recurrent layers")
     dropout: float = opt(0.5, "dropout between layers and before the output layer")
     embed_dropout: float = opt(0.2, "dropout on the token embeddings")
+    weight_drop: float = opt(0.0, "drop this fraction of the hidden-to-hidden weights in each training window "
+                                  "(DropConnect, as in AWD-LSTM)")
     tie: bool = opt(False, "share the output layer's weights with the embedding (needs embed size = hidden size)")
     bptt: int = opt(128, "tokens per window of truncated back-propagation through time")
     clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
+    ema: float = opt(0.0, "validate, keep and test an exponential moving average of the weights with this "
+                          "decay per step, e.g. 0.99 (0: off)")
     epochs: int = opt(20, "passes over the training text")  # timemachine: best val epoch 16 of a 30-epoch cosine run
     batch_size: int = opt(32, "parallel text streams per step")
     eval_batch_size: int = opt(16, "parallel streams when evaluating (every token is scored once; each stream "
@@ -201,7 +205,9 @@ def check_values(values: dict[str, Any], origin: str, cls: type = TrainConfig) -
         raise UserError(f"{origin}: val_fraction must be in [0, 1), got {values['val_fraction']}", "e.g. 0.2")
     if "image_size" in values and not 8 <= values["image_size"] <= 1024:
         raise UserError(f"{origin}: image_size must be between 8 and 1024, got {values['image_size']}", "e.g. 64")
-    for key in ("dropout", "embed_dropout"):
+    if "ema" in values and not 0 <= values["ema"] < 1:
+        raise UserError(f"{origin}: ema must be in [0, 1), got {values['ema']}", "e.g. 0.99, or 0 for no average")
+    for key in ("dropout", "embed_dropout", "weight_drop"):
         if key in values and not 0 <= values[key] < 1:
             raise UserError(f"{origin}: {key} must be in [0, 1), got {values[key]}", "e.g. 0.3")
     for key in ("lr", "weight_decay", "label_smoothing", "val_size", "max_steps", "patience", "clip"):

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchlab.errors import UserError
 
@@ -56,6 +57,14 @@ class Runtime:
     def describe(self) -> str:
         return f"device: {self.device}  precision: {'bf16' if self.bf16 else 'fp32'}  " \
                f"channels-last: {'on' if self.channels_last else 'off'}"
+
+
+def weight_average(model: torch.nn.Module, decay: float):
+    """An exponential moving average of `model`'s weights (updated with `.update_parameters(model)`).
+
+    The average of the last few hundred steps' weights usually scores better than the final weights:
+    it smooths out the noise of the last updates (as Polyak averaging and SWA do)."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class NonFiniteLoss(Exception):

@@ -214,6 +214,34 @@ def test_lm_torch_and_scratch_give_the_same_logits_from_one_state_dict(cell):
             assert max_diff(logits2, target(tokens, target_state)[0]) <= ATOL
 
 
+@pytest.mark.parametrize("cell", sorted(LAYERS))
+def test_weight_drop_masks_hidden_weights_while_training_only(cell):
+    """Both impls drop the same weight_hh entries for the same seed: the same logits and gradients as a
+    layer whose weight_hh was masked by hand; in eval mode nothing is dropped."""
+    cfg = dict(cell=cell, dropout=0.0, weight_drop=0.5)
+    torch_lm, scratch_lm = LanguageModel(tiny_config(impl="torch", **cfg)), LanguageModel(tiny_config(impl="scratch", **cfg))
+    scratch_lm.load_state_dict(torch_lm.state_dict())
+    plain = LanguageModel(tiny_config(impl="torch", cell=cell, dropout=0.0))
+    tokens = torch.randint(0, V, (B, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # the masks weight drop will draw: one per layer, in parameter order
+        torch.manual_seed(7)
+        masked = {k: F.dropout(w, 0.5) if ".weight_hh" in k else w for k, w in torch_lm.state_dict().items()}
+    plain.load_state_dict(masked)
+    expected = plain(tokens)[0]
+    for lm in (torch_lm, scratch_lm):
+        torch.manual_seed(7)
+        logits = lm(tokens)[0]
+        assert max_diff(logits, expected) <= ATOL
+        logits.sum().backward()
+        grad = lm.rnn.weight_hh_l0.grad
+        assert grad.abs().sum() > 0 and torch.all(grad[masked["rnn.weight_hh_l0"] == 0] == 0)  # dropped: no gradient
+    plain.load_state_dict(torch_lm.state_dict())  # unmasked weights
+    with torch.no_grad():
+        eval_logits = torch_lm.eval()(tokens)[0]
+        assert max_diff(eval_logits, plain(tokens)[0]) <= ATOL
+        assert max_diff(eval_logits, expected) > 1e-3
+
+
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
 def test_lm_state_carries_a_sequence_across_chunks(impl):
     lm = LanguageModel(tiny_config(impl=impl)).eval()

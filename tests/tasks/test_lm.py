@@ -284,6 +284,7 @@ def drop_interrupted_train_loss(records: list, stop_at: int) -> list:
     ([], 5),  # mid-epoch: the carried hidden state is saved and restored
     ([], "epoch end"),  # exactly at an epoch boundary
     (["--cell", "gru", "--impl", "scratch", "--layers", "2", "--schedule", "onecycle"], 40),  # mid second epoch
+    (["--ema", "0.9"], 5),  # the weight average and its update count resume too
 ])
 def test_interrupted_and_resumed_equals_uninterrupted(en_corpus, tmp_path, monkeypatch, capsys, extra, stop_at):
     args = train_args(en_corpus, "--epochs", "2", *extra)  # default dropout: the random state must resume too
@@ -300,10 +301,34 @@ def test_interrupted_and_resumed_equals_uninterrupted(en_corpus, tmp_path, monke
     assert main(["train", "--resume", "broken"]) == 0
     for name in ("last.pt", "best.pt"):
         assert_same_weights(weights(tmp_path / "straight" / name), weights(tmp_path / "broken" / name))
+        if "--ema" in extra:
+            straight, broken = (torch.load(tmp_path / d / name, weights_only=True) for d in ("straight", "broken"))
+            assert_same_weights(straight["train_model_state"], broken["train_model_state"])
     # Identical history, but for the train loss of an interrupted epoch: the resumed run averages it over the
     # windows after the resume only (as image classification does), so there it is left out.
     assert drop_interrupted_train_loss(history(tmp_path / "broken"), stop_at) == \
         drop_interrupted_train_loss(history(tmp_path / "straight"), stop_at)
+
+
+def test_ema_keeps_the_exponential_average_of_the_trained_weights(en_corpus, tmp_path):
+    for steps in (1, 2):
+        assert main(train_args(en_corpus, "--epochs", "1", "--ema", "0.75", "--max-steps", str(steps),
+                               "--run-dir", f"s{steps}")) == 0
+    one, two = (torch.load(tmp_path / f"s{n}" / "last.pt", weights_only=True) for n in (1, 2))
+    assert one["ema_updates"] == 1 and two["ema_updates"] == 2
+    assert_same_weights(one["model_state"], one["train_model_state"])  # the first update copies the weights
+    for k, w1 in one["train_model_state"].items():  # then average = 0.75 * average + 0.25 * weights
+        w2 = two["train_model_state"][k]
+        torch.testing.assert_close(two["model_state"][k], 0.75 * w1 + 0.25 * w2, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(w1, w2), k
+    # The average is what was validated and what generate loads.
+    cfg = LMConfig(**two["model_config"])
+    model = LanguageModel(cfg)
+    model.load_state_dict(two["model_state"])
+    data = lm.prepare_text(LMTrainConfig(corpus=str(en_corpus), batch_size=4, eval_batch_size=3, bptt=8),
+                           torch.device("cpu"), Vocab.from_dict(two["vocab"]))
+    val = lm.evaluate_lm(model, data.val, 8, Runtime(torch.device("cpu")))
+    assert val["ppl"] == pytest.approx(two["state"]["history"][-1]["val_ppl"], rel=1e-6)
 
 
 def test_max_steps_run_resumes_to_the_same_weights(en_corpus, tmp_path):
@@ -396,6 +421,7 @@ def test_flags_of_the_other_kind_of_task_are_rejected(capsys, args, message):
 @pytest.mark.parametrize("flags, message", [
     (["--dropout", "1.5"], "dropout must be in [0, 1)"),
     (["--embed-dropout", "-0.1"], "embed_dropout must be in [0, 1)"),
+    (["--ema", "1"], "ema must be in [0, 1)"),
     (["--bptt", "0"], "bptt must be at least 1"),
     (["--layers", "0"], "layers must be at least 1"),
     (["--clip", "-1"], "clip must not be negative"),

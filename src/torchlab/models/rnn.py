@@ -22,6 +22,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 # The state a recurrent layer carries between time steps: h, or (h, c) for the LSTM.
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -200,6 +201,21 @@ class Recurrent(nn.Module):
         return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
+    def recurrent(self, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
+        """The recurrent layers, with weight drop while training (Merity et al., AWD-LSTM).
+
+        Ordinary dropout on h would change the memory at every time step; dropping entries of
+        each `weight_hh` [G*H, H] instead removes the same connections at all T steps of a
+        window, which regularises the recurrence without disturbing it. The dropped matrices
+        are passed to the unchanged layer through `functional_call`, so it works for the fused
+        torch layers and for `Recurrent` alike."""
+        p = self.config.weight_drop
+        if not (self.training and p):
+            return self.rnn(x, state)
+        params = {name: F.dropout(w, p) if name.startswith("weight_hh") else w
+                  for name, w in self.rnn.named_parameters()}
+        return functional_call(self.rnn, params, (x, state))
+
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         h = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
         return (h, torch.zeros_like(h)) if self.mode == "lstm" else h
@@ -259,6 +275,7 @@ class LMConfig:
     dropout: float = 0.3  # between recurrent layers and before the decoder
     embed_dropout: float = 0.0  # on the embeddings
     tie: bool = False  # the decoder reuses the embedding matrix (needs embed_size == hidden_size)
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per training window
 
 
 TORCH_LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -307,8 +324,23 @@ class LanguageModel(nn.Module):
 
     def forward(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         x = self.embed_dropout(self.embedding(tokens))  # [B, T] -> [B, T, E]
-        out, state = self.rnn(x, state)  # [B, T, H]
+        out, state = self.recurrent(x, state)  # [B, T, H]
         return self.decoder(self.dropout(out)), state  # [B, T, V]
+
+    def recurrent(self, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
+        """The recurrent layers, with weight drop while training (Merity et al., AWD-LSTM).
+
+        Ordinary dropout on h would change the memory at every time step; dropping entries of
+        each `weight_hh` [G*H, H] instead removes the same connections at all T steps of a
+        window, which regularises the recurrence without disturbing it. The dropped matrices
+        are passed to the unchanged layer through `functional_call`, so it works for the fused
+        torch layers and for `Recurrent` alike."""
+        p = self.config.weight_drop
+        if not (self.training and p):
+            return self.rnn(x, state)
+        params = {name: F.dropout(w, p) if name.startswith("weight_hh") else w
+                  for name, w in self.rnn.named_parameters()}
+        return functional_call(self.rnn, params, (x, state))
 
     def init_state(self, batch_size: int, device=None) -> State:
         """Zeros: h [L, B, H], or (h, c) for the LSTM."""

@@ -26,7 +26,7 @@ from torchlab import checkpoint as ckpt_io
 from torchlab.config import LMTrainConfig, save_toml
 from torchlab.data.corpora import load_corpus
 from torchlab.data.text import Vocab, batchify, batchify_eval, split_documents, tokenize, windows
-from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, pick_device
+from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, pick_device, weight_average
 from torchlab.errors import Interrupted, UserError
 from torchlab.logger import new_run_dir, open_writer, progress, say
 from torchlab.models.rnn import LanguageModel, LMConfig
@@ -120,6 +120,11 @@ class Session:
     run_dir: Path
     writer: object
     hidden: object = None  # the state carried from window to window
+    average: object = None  # AveragedModel with --ema: the weights that are validated, kept and tested
+
+    @property
+    def scored(self) -> LanguageModel:
+        return self.average.module if self.average is not None else self.model
 
     def windows_per_epoch(self, epoch: int) -> int:
         return len(range(epoch_offset(self.cfg.seed, epoch, self.cfg.bptt), self.data.train.shape[1] - 1,
@@ -129,13 +134,16 @@ class Session:
         hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,) if self.hidden is not None else ()
         ckpt = {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "task": "lm", "model_name": f"lm-{self.cfg.cell}",
-            "model_config": dataclasses.asdict(self.model.config), "model_state": self.model.state_dict(),
+            "model_config": dataclasses.asdict(self.model.config), "model_state": self.scored.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "train_config": dataclasses.asdict(self.cfg), "state": dataclasses.asdict(self.state),
             "rng": ckpt_io.rng_state(), "vocab": self.data.vocab.to_dict(),
             "hidden": [h.detach().cpu() for h in hidden],  # mid-epoch resume continues from this state
         }
+        if self.average is not None:  # model_state is the average (what generate uses); resume needs both
+            ckpt["train_model_state"] = self.model.state_dict()
+            ckpt["ema_updates"] = int(self.average.n_averaged)
         path = self.run_dir / name
         ckpt_io.atomic_save(ckpt, path)
         return path
@@ -163,6 +171,8 @@ def train_steps(s: Session, stop: StopFlag) -> dict:
         s.optimizer.step()
         if s.scheduler is not None:
             s.scheduler.step()
+        if s.average is not None:
+            s.average.update_parameters(model)
         s.hidden = model.detach_state(s.hidden)
         state.global_step += 1
         state.step_in_epoch += 1
@@ -184,7 +194,7 @@ def train_steps(s: Session, stop: StopFlag) -> dict:
 def end_epoch(s: Session, metrics: dict, seconds: float, complete: bool) -> bool:
     """Validate, log, keep best.pt (by val perplexity) and last.pt; True when early stopping says stop."""
     cfg, state = s.cfg, s.state
-    val = evaluate_lm(s.model, s.data.val, cfg.bptt, s.rt)
+    val = evaluate_lm(s.scored, s.data.val, cfg.bptt, s.rt)
     s.writer.add_scalar("val/loss", val["loss"], state.global_step)
     s.writer.add_scalar("val/ppl", val["ppl"], state.global_step)
     record = {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": metrics["loss"],
@@ -262,7 +272,7 @@ def finish(s: Session, status: str) -> dict:
 
 def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
     mcfg = LMConfig(vocab_size, cfg.cell, cfg.impl, cfg.embed_size, cfg.hidden_size, cfg.layers, cfg.dropout,
-                    cfg.embed_dropout, cfg.tie)
+                    cfg.embed_dropout, cfg.tie, cfg.weight_drop)
     try:
         return LanguageModel(mcfg)
     except ValueError as e:
@@ -281,8 +291,12 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     steps = cfg.epochs * len(range(0, data.train.shape[1] - 1, cfg.bptt))
     optimizer, scheduler = build_optimizer(cfg, model, steps)
     state, hidden = LMState(), None
+    average = weight_average(model, cfg.ema) if cfg.ema else None
     if resume is not None:
-        model.load_state_dict(resume["model_state"])
+        model.load_state_dict(resume.get("train_model_state", resume["model_state"]))
+        if average is not None:
+            average.module.load_state_dict(resume["model_state"])
+            average.n_averaged.fill_(resume["ema_updates"])
         optimizer.load_state_dict(resume["optimizer_state"])
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler_state"])
@@ -297,7 +311,7 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     say(f"data: {cfg.corpus} ({cfg.level} level) from {data.source}: {data.counts['train']} train, "
         f"{data.counts['val']} val, {data.counts['test']} test tokens; vocabulary {len(data.vocab)}")
     say(f"{rt.describe()}  model: {cfg.layers}-layer {cfg.cell} ({cfg.impl}), hidden {cfg.hidden_size}  run: {run_dir}")
-    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, hidden)
+    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, hidden, average)
 
 
 def train(cfg: LMTrainConfig, resume: dict | None = None, run_dir: Path | None = None,
