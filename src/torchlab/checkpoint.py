@@ -85,3 +85,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_states(model: torch.nn.Module, average=None) -> dict[str, Any]:
+    """The weights a checkpoint keeps. With a weight average (--ema), `model_state` is the average (what
+    was validated, and what predict and generate load) and `train_model_state` the weights training
+    continues from."""
+    if average is None:
+        return {"model_state": model.state_dict()}
+    return {"model_state": average.module.state_dict(), "train_model_state": model.state_dict(),
+            "ema_updates": int(average.n_averaged)}
+
+
+def restore_models(ckpt: dict[str, Any], model: torch.nn.Module, average=None) -> None:
+    """Load what `model_states` saved back into the training model and its average."""
+    model.load_state_dict(ckpt.get("train_model_state", ckpt["model_state"]))
+    if average is not None:
+        average.module.load_state_dict(ckpt["model_state"])
+        average.n_averaged.fill_(ckpt["ema_updates"])

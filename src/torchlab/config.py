@@ -42,6 +42,10 @@ class TrainConfig:
     schedule: str = opt("constant", "learning-rate schedule over all steps", ["constant", "cosine", "onecycle"])
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
     augment: bool = opt(False, "random 2-pixel shifts (and flips where labels allow) while training")
+    erase: float = opt(0.0, "with --augment: chance of blanking a random rectangle of each training image "
+                            "(random erasing)")
+    ema: float = opt(0.0, "validate, keep and test an exponential moving average of the weights with this "
+                          "decay per step, e.g. 0.999 (0: off)")
     tta: bool = opt(False, "average predictions over the image and its mirror when evaluating")
     precision: str = opt("fp32", "arithmetic for forward passes (bf16 autocast is faster, changes numbers)", ["fp32", "bf16"])
     channels_last: str = opt("auto", "NHWC memory layout for convolutions (auto: on for the CPU and for bf16, "
@@ -207,7 +211,7 @@ def check_values(values: dict[str, Any], origin: str, cls: type = TrainConfig) -
         raise UserError(f"{origin}: image_size must be between 8 and 1024, got {values['image_size']}", "e.g. 64")
     if "ema" in values and not 0 <= values["ema"] < 1:
         raise UserError(f"{origin}: ema must be in [0, 1), got {values['ema']}", "e.g. 0.99, or 0 for no average")
-    for key in ("dropout", "embed_dropout", "weight_drop"):
+    for key in ("dropout", "embed_dropout", "weight_drop", "erase"):
         if key in values and not 0 <= values[key] < 1:
             raise UserError(f"{origin}: {key} must be in [0, 1), got {values[key]}", "e.g. 0.3")
     for key in ("lr", "weight_decay", "label_smoothing", "val_size", "max_steps", "patience", "clip"):

@@ -113,11 +113,13 @@ def train_one_epoch(
     log_every: int = 50,
     stop: StopFlag | None = None,
     on_log: Callable[[int, float, float, int], None] | None = None,
+    average: AveragedModel | None = None,
 ) -> dict:
     """One pass over `batches`; returns {"loss", "acc", "images", "steps", "seconds", "stopped"}.
 
     `on_log(global_step, loss, lr, images_so_far)` is called every `log_every`
-    steps. Stops early (stopped=True) at `max_steps` or when `stop` is set.
+    steps; `average` (a weight average) is updated after every step. Stops early
+    (stopped=True) at `max_steps` or when `stop` is set.
     Raises NonFiniteLoss naming the first step whose loss was NaN or infinite.
     """
     model.train()
@@ -138,6 +140,8 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if average is not None:
+            average.update_parameters(model)
         global_step += 1
         images += len(y)
         pending.append(loss.detach())

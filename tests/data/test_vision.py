@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from conftest import synthetic_split, write_dataset
 from torchlab.data import vision
@@ -290,3 +291,83 @@ def test_random_flip_flips_masked_images():
     assert torch.equal(out[mask], x[mask].flip(3))
     assert torch.equal(out[~mask], x[~mask])
     assert not torch.equal(x[mask], x[mask].flip(3))
+
+
+# --- uint8 batches, random erasing, and per-sample references from torchvision ---
+
+def uint8_images(n: int, c: int = 1, h: int = 10, w: int = 9, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_uint8_random_crop_matches_torchvision_pad_and_crop():
+    x = uint8_images(20, c=3)
+    out = random_crop(x, 3, None, torch.Generator().manual_seed(5))
+    dy, dx = vision.crop_offsets(20, 3, torch.Generator().manual_seed(5), "cpu")
+    assert out.dtype == torch.uint8
+    for i in range(20):
+        padded = TF.pad(x[i], [3])  # zeros on every side, as RandomCrop(padding=3)
+        assert torch.equal(out[i], TF.crop(padded, int(dy[i]), int(dx[i]), 10, 9)), i
+
+
+def test_random_erase_matches_torchvision_erase():
+    x = torch.randn(300, 2, 12, 10, generator=torch.Generator().manual_seed(1))
+    out = vision.random_erase(x, 0.5, torch.Generator().manual_seed(8))
+    top, left, bh, bw = vision.erase_boxes(300, 12, 10, 0.5, torch.Generator().manual_seed(8))
+    erased = bh > 0
+    assert 100 < erased.sum() < 200  # about half
+    area = (bh * bw)[erased].float() / 120
+    assert area.min() >= 0.01 and area.max() <= 0.4  # the 2-33% of torchvision's default, after rounding
+    for i in range(300):
+        expected = TF.erase(x[i], int(top[i]), int(left[i]), int(bh[i]), int(bw[i]), torch.tensor(0.0)) \
+            if erased[i] else x[i]
+        assert torch.equal(out[i], expected), i
+
+
+def test_random_erase_keeps_every_box_inside_the_image():
+    top, left, bh, bw = vision.erase_boxes(2000, 7, 5, 1.0, torch.Generator().manual_seed(2))
+    assert (bh >= 1).all() and (bw >= 1).all()
+    assert (top >= 0).all() and (left >= 0).all() and (top + bh <= 7).all() and (left + bw <= 5).all()
+
+
+def per_sample_reference(images, labels, mean, std, pad, erase, seed, epoch, batch):
+    """What the training loader should yield, built one image at a time with torchvision's functions."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(labels), generator=gen)
+    for step in range(len(labels) // batch):
+        idx = order[step * batch : (step + 1) * batch]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + step)  # the same draws, in order
+        dy, dx = vision.crop_offsets(batch, pad, g, "cpu")
+        flips = torch.rand(batch, generator=g) < 0.5
+        boxes = vision.erase_boxes(batch, images.shape[2], images.shape[3], erase, g)
+        out = []
+        for k, i in enumerate(idx.tolist()):
+            img = TF.crop(TF.pad(images[i], [pad]), int(dy[k]), int(dx[k]), images.shape[2], images.shape[3])
+            img = TF.horizontal_flip(img) if flips[k] else img
+            img = TF.normalize(img.float() / 255, mean, std)
+            top, left, h, w = (int(t[k]) for t in boxes)
+            out.append(TF.erase(img, top, left, h, w, torch.tensor(0.0)) if h else img)
+        yield torch.stack(out), labels[idx]
+
+
+def test_uint8_training_batches_match_the_per_sample_reference():
+    images, labels = uint8_images(40, c=2), torch.arange(40)
+    mean, std = (0.3, 0.6), (0.2, 0.25)
+    loader = TensorLoader(images, labels, 8, train=True, seed=3, augment=True, flip=True, pad=2,
+                          norm=(mean, std), erase=0.5)
+    reference = per_sample_reference(images, labels, mean, std, 2, 0.5, seed=3, epoch=1, batch=8)
+    for (x, y), (rx, ry) in zip(loader.epoch(1), reference, strict=True):
+        assert torch.equal(y, ry)
+        torch.testing.assert_close(x, rx, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, batch", [(64, 8), (61, 8)])
+def test_uint8_loader_serves_each_training_image_once_and_every_test_image_in_order(n, batch):
+    images, labels = uint8_images(n), torch.arange(n)
+    train = TensorLoader(images, labels, batch, train=True, seed=1, augment=True, norm=((0.5,), (0.5,)), erase=0.3)
+    for epoch in range(3):
+        seen = torch.cat([y for _, y in train.epoch(epoch)])
+        assert len(seen) == n // batch * batch and len(set(seen.tolist())) == len(seen)
+    test = TensorLoader(images, labels, batch, train=False, norm=((0.5,), (0.5,)))
+    xs, ys = zip(*test.epoch())
+    assert torch.equal(torch.cat(ys), labels)
+    torch.testing.assert_close(torch.cat(xs), normalise(images, (0.5,), (0.5,), torch.device("cpu")))

@@ -89,6 +89,7 @@ def interrupt_after(monkeypatch, batches: int):
     ("notes-cnn", [], 4),  # mid-epoch
     ("notes-cnn", [], 10),  # exactly at an epoch boundary
     ("vgg-tiny", ["--augment", "--schedule", "onecycle", "--optimizer", "sgd", "--lr", "0.05"], 13),
+    ("vgg-tiny", ["--augment", "--erase", "0.5", "--ema", "0.9"], 6),  # erasing draws and the average resume
 ])
 def test_interrupted_and_resumed_equals_uninterrupted(tiny_data, tmp_path, monkeypatch, capsys, model, extra, stop_at):
     args = ["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--epochs", "3", "--model", model, *extra]
@@ -104,6 +105,22 @@ def test_interrupted_and_resumed_equals_uninterrupted(tiny_data, tmp_path, monke
     assert main(["train", "--resume", "broken"]) == 0
     assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "broken" / "last.pt"))
     assert_same_weights(weights(tmp_path / "straight" / "best.pt"), weights(tmp_path / "broken" / "best.pt"))
+    if "--ema" in extra:
+        straight, broken = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("straight", "broken"))
+        assert_same_weights(straight["train_model_state"], broken["train_model_state"])
+
+
+def test_ema_scores_the_average_and_batch_norm_statistics_follow_it(tiny_data, tmp_path):
+    args = ["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--epochs", "1", "--model", "vgg-tiny",
+            "--ema", "0.5"]
+    assert main([*args, "--run-dir", "r"]) == 0
+    ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    trained, average = ckpt["train_model_state"], ckpt["model_state"]
+    assert ckpt["ema_updates"] == ckpt["state"]["global_step"]
+    assert trained.keys() == average.keys()
+    mean = next(k for k in average if k.endswith("running_mean"))
+    assert not torch.equal(trained[mean], average[mean])  # buffers are averaged too (use_buffers)
+    assert not torch.equal(trained["head.weight"], average["head.weight"])
 
 
 def test_max_steps_run_resumes_to_the_same_weights(tiny_data, tmp_path):

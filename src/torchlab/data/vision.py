@@ -8,6 +8,7 @@ and drops its last partial batch; evaluation walks a split in order, whole.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -114,16 +115,53 @@ def normalise(images: torch.Tensor, mean, std, device) -> torch.Tensor:
     return x.sub_(m).div_(s)
 
 
-def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Shift each image [N, C, H, W] by up to `pad` pixels, filling with the background value."""
+def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image [N, C, H, W] by up to `pad` pixels, filling with `fill` per channel (None: zeros).
+
+    The same as torchvision's RandomCrop(H, padding=pad) on each image: pad every side, then cut an
+    H x W window at a random offset (dy, dx) in [0, 2 * pad]."""
     n, c, h, w = x.shape
-    padded = F.pad(x - fill, (pad, pad, pad, pad)) + fill  # pad with `fill`, per channel
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=gen.device).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=gen.device).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad)) if fill is None else F.pad(x - fill, (pad, pad, pad, pad)) + fill
+    dy, dx = crop_offsets(n, pad, gen, x.device)
     rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # [N, H, 1]
     cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # [N, 1, W]
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [N, C, H, W]
+
+
+def crop_offsets(n: int, pad: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window offsets random_crop draws: dy, dx [N, 1], each in [0, 2 * pad]."""
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=gen.device).to(device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=gen.device).to(device)
+    return dy, dx
+
+
+def erase_boxes(n: int, h: int, w: int, p: float, gen: torch.Generator, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
+    """Boxes for random erasing, drawn as torchvision's RandomErasing does but clipped instead of retried.
+
+    Returns top, left, height, width [N] (long); images that are not erased (probability 1 - p) get
+    height and width 0."""
+    u = torch.rand(n, 5, generator=gen, device=gen.device)  # [N, 5] uniforms
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    log_r = math.log(ratio[0]) + math.log(ratio[1] / ratio[0]) * u[:, 1]
+    bh = (area * log_r.exp()).sqrt().round().clamp(1, h).long()
+    bw = (area / log_r.exp()).sqrt().round().clamp(1, w).long()
+    top = ((h - bh + 1) * u[:, 2]).long()  # uniform in [0, h - bh]
+    left = ((w - bw + 1) * u[:, 3]).long()
+    keep = u[:, 4] >= p
+    return top, left, bh.masked_fill(keep, 0), bw.masked_fill(keep, 0)
+
+
+def random_erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Set one random rectangle of each image [N, C, H, W] to 0 (the mean, after normalising), with
+    probability p: the model must recognise clothes with a part hidden (Zhong et al., 2017)."""
+    n, _, h, w = x.shape
+    top, left, bh, bw = (t.to(x.device) for t in erase_boxes(n, h, w, p, gen))
+    rows = torch.arange(h, device=x.device)[None, :]  # [1, H]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + bh)[:, None])  # [N, H]
+    in_cols = (cols >= left[:, None]) & (cols < (left + bw)[:, None])  # [N, W]
+    return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)  # mask [N, 1, H, W]
 
 
 def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.25, 1.0),
@@ -168,17 +206,25 @@ class TensorLoader:
     generator seeded by (seed, epoch), drops the last partial batch and
     applies augmentation; the same seed gives the same batches, so a run can
     resume in the middle of an epoch by skipping `start` batches.
+
+    With `norm=(mean, std)` the images are uint8 (a quarter of the memory of
+    float32) and each batch is shifted and flipped as uint8, then converted and
+    standardised; without it they are float and used as they are.
     """
 
     def __init__(self, images, labels, batch_size, train, seed=0, augment=False, flip=False, pad=2, fill=None,
-                 crop=0):
-        self.images, self.labels = images, labels  # [N, C, H, W] float, [N] int64
+                 crop=0, norm=None, erase=0.0):
+        self.images, self.labels = images, labels  # [N, C, H, W] uint8 (with norm) or float, [N] int64
         self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.augment, self.flip, self.pad = augment and train, flip, pad
-        self.fill = fill if fill is not None else images.new_zeros(1, images.shape[1], 1, 1)
+        self.augment, self.flip, self.pad, self.erase = augment and train, flip, pad, erase
+        self.fill = fill  # float images: the padding value per channel [1, C, 1, 1] (None: zeros)
         # crop > 0: images are stored larger than the model's input (image folders); training takes
         # random resized crops of `crop` pixels when augmenting, the central crop otherwise.
         self.crop = crop
+        self.scale = self.shift = None
+        if norm is not None:  # (x / 255 - mean) / std  ==  x * scale - shift, per channel [1, C, 1, 1]
+            mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in norm)
+            self.scale, self.shift = 1 / (255 * std), mean / std
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -188,7 +234,8 @@ class TensorLoader:
         n = len(self.labels)
         if not self.train:
             for i in range(start * self.batch_size, n, self.batch_size):
-                yield self.images[i : i + self.batch_size], self.labels[i : i + self.batch_size]
+                # Evaluation splits are stored at the model's input size (image folders crop them when loading).
+                yield self.standardise(self.images[i : i + self.batch_size]), self.labels[i : i + self.batch_size]
             return
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen).to(self.images.device)
@@ -196,15 +243,24 @@ class TensorLoader:
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             yield self.transform(self.images[idx], epoch, step), self.labels[idx]
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.scale is None else x.float().mul_(self.scale).sub_(self.shift)
+
     def transform(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         if not self.augment:
-            return centre_crop(x, self.crop) if self.crop else x
+            return self.standardise(centre_crop(x, self.crop) if self.crop else x)
         # One generator per batch, so skipping batches on resume replays the same draws.
         batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
-        x = random_resized_crop(x, self.crop, batch_gen) if self.crop else random_crop(x, self.pad, self.fill, batch_gen)
-        return random_flip(x, batch_gen) if self.flip else x
+        if self.crop:  # resampling needs floats
+            x = random_resized_crop(self.standardise(x), self.crop, batch_gen)
+        else:
+            x = random_crop(x, self.pad, self.fill, batch_gen)
+        x = random_flip(x, batch_gen) if self.flip else x
+        x = self.standardise(x) if not self.crop else x
+        return random_erase(x, self.erase, batch_gen) if self.erase else x
 
 
 def eval_loader(split: Split, mean, std, device, batch_size: int) -> TensorLoader:
-    """A whole split, normalised on `device`, served in order in fixed chunks (never shuffled or dropped)."""
-    return TensorLoader(normalise(split.images, mean, std, device), split.labels.to(device), batch_size, train=False)
+    """A whole split, uint8 on `device`, served in order in fixed chunks (never shuffled or dropped) and
+    standardised one chunk at a time."""
+    return TensorLoader(split.images.to(device), split.labels.to(device), batch_size, train=False, norm=(mean, std))

@@ -17,9 +17,9 @@ from torchlab import checkpoint as ckpt_io
 from torchlab.config import TrainConfig, save_toml
 from torchlab.data import catalog
 from torchlab.data.catalog import Loaded
-from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_out, normalise
+from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_out
 from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
-                             pick_device, train_one_epoch)
+                             pick_device, train_one_epoch, weight_average)
 from torchlab.errors import Interrupted, UserError
 from torchlab.logger import confusion_figure, new_run_dir, open_writer, progress, say
 from torchlab.models.registry import build_model, model_config
@@ -50,7 +50,7 @@ class Data:
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
-    """Decode once, split off validation (unless the dataset brings its own), normalise once on the device."""
+    """Decode once, split off validation (unless the dataset brings its own), keep uint8 on the device."""
     info = catalog.load(cfg.task, cfg.data_dir or None, size=cfg.image_size, val_fraction=cfg.val_fraction,
                         seed=cfg.seed)
     train, val = info.train, info.val
@@ -66,10 +66,9 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
 
     mean, std = info.mean, info.std
-    fill = normalise(torch.zeros(1, len(mean), 1, 1, dtype=torch.uint8), mean, std, device)
-    train_loader = TensorLoader(normalise(train.images, mean, std, device), train.labels.to(device), cfg.batch_size,
-                                train=True, seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad,
-                                fill=fill, crop=info.crop)
+    train_loader = TensorLoader(train.images.to(device), train.labels.to(device), cfg.batch_size, train=True,
+                                seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad, crop=info.crop,
+                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0)
     val_loader = eval_loader(val, mean, std, device, cfg.eval_batch_size) if val is not None else None
     test_loader = eval_loader(info.test, mean, std, device, cfg.eval_batch_size) if info.test is not None else None
     samples = centre_crop(train.images[:64], info.crop) if info.crop else train.images[:64]
@@ -95,14 +94,14 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
     return optimizer, scheduler
 
 
-def make_checkpoint(cfg, info: Loaded, model, optimizer, scheduler, state: TrainState) -> dict:
+def make_checkpoint(cfg, info: Loaded, model, optimizer, scheduler, state: TrainState, average=None) -> dict:
     return {
         "format": ckpt_io.FORMAT,
         "version": ckpt_io.VERSION,
         "task": cfg.task,
         "model_name": cfg.model,
         "model_config": dataclasses.asdict(model.config),
-        "model_state": model.state_dict(),
+        **ckpt_io.model_states(model, average),
         "optimizer_state": optimizer.state_dict(),
         "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
         "train_config": dataclasses.asdict(cfg),
@@ -127,10 +126,16 @@ class Session:
     state: TrainState
     run_dir: Path
     writer: object
+    average: object = None  # AveragedModel with --ema: the weights that are validated, kept and tested
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        return self.average.module if self.average is not None else self.model
 
     def save(self, name: str) -> Path:
         path = self.run_dir / name
-        ckpt = make_checkpoint(self.cfg, self.data.info, self.model, self.optimizer, self.scheduler, self.state)
+        ckpt = make_checkpoint(self.cfg, self.data.info, self.model, self.optimizer, self.scheduler, self.state,
+                               self.average)
         ckpt_io.atomic_save(ckpt, path)
         return path
 
@@ -155,7 +160,7 @@ def run_epoch(s: Session, stop: StopFlag) -> dict:
         metrics = train_one_epoch(
             s.model, batches(), s.optimizer, s.scheduler, s.rt, label_smoothing=cfg.label_smoothing,
             global_step=state.global_step, max_steps=cfg.max_steps, log_every=cfg.log_every,
-            stop=stop, on_log=on_log)
+            stop=stop, on_log=on_log, average=s.average)
     finally:
         bar.close()
     state.global_step += metrics["steps"]
@@ -176,7 +181,7 @@ def end_epoch(s: Session, metrics: dict, complete: bool = True) -> bool:
               "images_per_second": metrics["images"] / max(metrics["seconds"], 1e-9)}
     for name, loader in (("val", s.data.val), ("test", s.data.test if cfg.test_every_epoch else None)):
         if loader is not None:
-            result = evaluate(s.model, loader.epoch(), s.rt, len(s.data.info.classes), cfg.tta)
+            result = evaluate(s.scored, loader.epoch(), s.rt, len(s.data.info.classes), cfg.tta)
             record[f"{name}_loss"], record[f"{name}_acc"] = result["loss"], result["acc"]
             s.writer.add_scalar(f"{name}/loss", result["loss"], step)
             s.writer.add_scalar(f"{name}/acc", result["acc"], step)
@@ -300,9 +305,10 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(cfg, model, cfg.epochs * len(data.train))
+    average = weight_average(model, cfg.ema) if cfg.ema else None
     state = TrainState()
     if resume is not None:
-        model.load_state_dict(resume["model_state"])
+        ckpt_io.restore_models(resume, model, average)
         optimizer.load_state_dict(resume["optimizer_state"])
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler_state"])
@@ -318,7 +324,7 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     say(f"data: {cfg.task} from {data.info.source}: {len(data.train.labels)} train, "
         f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels) if data.test else 0} test")
     say(f"{rt.describe()}  model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
-    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer)
+    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average)
 
 
 def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None) -> dict:

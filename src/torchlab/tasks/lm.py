@@ -134,16 +134,13 @@ class Session:
         hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,) if self.hidden is not None else ()
         ckpt = {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "task": "lm", "model_name": f"lm-{self.cfg.cell}",
-            "model_config": dataclasses.asdict(self.model.config), "model_state": self.scored.state_dict(),
+            "model_config": dataclasses.asdict(self.model.config), **ckpt_io.model_states(self.model, self.average),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "train_config": dataclasses.asdict(self.cfg), "state": dataclasses.asdict(self.state),
             "rng": ckpt_io.rng_state(), "vocab": self.data.vocab.to_dict(),
             "hidden": [h.detach().cpu() for h in hidden],  # mid-epoch resume continues from this state
         }
-        if self.average is not None:  # model_state is the average (what generate uses); resume needs both
-            ckpt["train_model_state"] = self.model.state_dict()
-            ckpt["ema_updates"] = int(self.average.n_averaged)
         path = self.run_dir / name
         ckpt_io.atomic_save(ckpt, path)
         return path
@@ -293,10 +290,7 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     state, hidden = LMState(), None
     average = weight_average(model, cfg.ema) if cfg.ema else None
     if resume is not None:
-        model.load_state_dict(resume.get("train_model_state", resume["model_state"]))
-        if average is not None:
-            average.module.load_state_dict(resume["model_state"])
-            average.n_averaged.fill_(resume["ema_updates"])
+        ckpt_io.restore_models(resume, model, average)
         optimizer.load_state_dict(resume["optimizer_state"])
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler_state"])
