@@ -1,6 +1,11 @@
-import pytest
+import json
+from pathlib import Path
 
-from torchlab.config import RECIPES, TrainConfig, resolve, save_toml
+import pytest
+import torch
+
+from torchlab.config import FAST, RECIPES, TrainConfig, resolve, save_toml
+from torchlab.engine import Runtime
 from torchlab.errors import UserError
 
 
@@ -48,3 +53,31 @@ def test_saved_toml_replays_the_config(tmp_path):
     cfg = resolve({"recipe": "strong", "run_dir": 'a "quoted" dir', "epochs": 7})
     save_toml(cfg, tmp_path / "c.toml")
     assert resolve({}, str(tmp_path / "c.toml")) == cfg
+
+
+@pytest.mark.parametrize("device, available, kind", [("cpu", True, "cpu"), ("cuda", False, "cuda"),
+                                                    ("auto", True, "cuda"), ("auto", False, "cpu")])
+def test_fast_recipe_takes_the_settings_of_the_device(monkeypatch, device, available, kind):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    cfg = resolve({"task": "fashion-mnist", "recipe": "fast", "device": device})
+    for key, value in FAST[kind].items():
+        assert getattr(cfg, key) == value, key
+    assert resolve({"task": "fashion-mnist", "recipe": "fast", "device": device, "epochs": 2}).epochs == 2  # flags win
+
+
+def test_fast_recipe_hardware_settings_are_what_the_benchmark_measured():
+    """benchmarks/time_to_accuracy.py records which precision, layout and compile setting won on each device."""
+    for kind in ("cpu", "cuda"):
+        path = Path(__file__).parents[1] / "benchmarks" / "recorded" / f"choices-{kind}.json"
+        if not path.exists():
+            assert kind == "cuda", "the CPU choices must be on record"
+            continue
+        chosen = json.loads(path.read_text())
+        assert {k: FAST[kind][k] for k in ("precision", "channels_last", "compile")} == \
+            {k: chosen[k] for k in ("precision", "channels_last", "compile")}
+
+
+@pytest.mark.parametrize("device, setting, expected", [("cpu", "auto", False), ("cuda", "auto", True),
+                                                       ("cpu", "on", True), ("cuda", "off", False)])
+def test_compile_auto_is_on_for_cuda_only(device, setting, expected):
+    assert Runtime.choose(torch.device(device), "fp32", "auto", setting).compile is expected

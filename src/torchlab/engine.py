@@ -40,6 +40,7 @@ class Runtime:
     device: torch.device
     bf16: bool = False
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training model
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -48,15 +49,19 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     @classmethod
-    def choose(cls, device: torch.device, precision: str, channels_last: str) -> "Runtime":
-        """Resolve `channels_last="auto"`: NHWC measured faster on the CPU (oneDNN) and with bf16 on GPUs."""
+    def choose(cls, device: torch.device, precision: str, channels_last: str, compile: str = "off") -> "Runtime":
+        """Resolve the "auto" settings per device, as benchmarks/time_to_accuracy.py measured them:
+        NHWC is faster on the CPU (oneDNN) and with bf16 on GPUs; torch.compile pays on CUDA, while on
+        the CPU its compile time outweighs what it saves in a short run."""
         bf16 = precision == "bf16"
         auto = device.type == "cpu" or bf16
-        return cls(device, bf16, channels_last == "on" or (channels_last == "auto" and auto))
+        return cls(device, bf16, channels_last == "on" or (channels_last == "auto" and auto),
+                   compile == "on" or (compile == "auto" and device.type == "cuda"))
 
     def describe(self) -> str:
         return f"device: {self.device}  precision: {'bf16' if self.bf16 else 'fp32'}  " \
-               f"channels-last: {'on' if self.channels_last else 'off'}"
+               f"channels-last: {'on' if self.channels_last else 'off'}  compile: {'on' if self.compile else 'off'}" \
+               + (f"  threads: {torch.get_num_threads()}" if self.device.type == "cpu" else "")
 
 
 def weight_average(model: torch.nn.Module, decay: float):

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from torchlab.errors import UserError
 
@@ -20,8 +19,19 @@ def say(*parts) -> None:
         print(*parts, file=sys.stderr, flush=True)
 
 
-def progress(total: int, desc: str, unit: str = "step", scale: int = 1) -> tqdm:
+class Nothing:
+    """Stands in for a progress bar or a TensorBoard writer that cannot exist: every method does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def progress(total: int, desc: str, unit: str = "step", scale: int = 1):
     """A progress bar that disappears when stderr is not a terminal (CI logs stay readable)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a bare machine (benchmarks/gpu.sh): no bars
+        return Nothing()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, leave=False,
                 disable=True if QUIET else None, dynamic_ncols=True, file=sys.stderr)
 
@@ -50,14 +60,21 @@ def new_run_dir(run_dir: str | None, default_name: str, flag: str = "--run-dir",
 
 def open_writer(run_dir):
     # Imported here: TensorBoard is slow to import and commands like `predict` never need it.
-    from torch.utils.tensorboard import SummaryWriter
-
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # a bare machine (benchmarks/gpu.sh): train anyway, without the logs
+        say(f"warning: the tensorboard package is not installed, so {run_dir} gets no TensorBoard logs "
+            "(pip install tensorboard)")
+        return Nothing()
     return SummaryWriter(log_dir=str(run_dir))
 
 
 def confusion_figure(confusion: torch.Tensor, classes, title: str = "confusion matrix"):
-    """A matplotlib figure of counts, rows = true class, columns = predicted class."""
-    import matplotlib
+    """A matplotlib figure of counts, rows = true class, columns = predicted class (None without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:  # a bare machine (benchmarks/gpu.sh)
+        return None
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt

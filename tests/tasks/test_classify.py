@@ -2,12 +2,15 @@
 
 import json
 import signal
+import sys
+import tomllib
 
 import pytest
 import torch
 
 from tests.conftest import TINY, assert_same_weights, weights
 from torchlab.cli import main
+from torchlab.config import FAST
 from torchlab.data.vision import TensorLoader
 
 
@@ -156,3 +159,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     assert not (tmp_path / "r2" / "last.pt").exists()
     assert json.loads((tmp_path / "r2" / "summary.json").read_text())["status"] == "failed"
     assert (tmp_path / "r" / "last.pt").read_bytes() == good
+
+
+def test_training_runs_on_a_bare_machine_without_tensorboard_tqdm_or_matplotlib(tiny_data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """benchmarks/gpu.sh runs where only torch and torchvision are installed."""
+    for module in ("tqdm", "torch.utils.tensorboard", "matplotlib"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    code = main(["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--epochs", "1", "--run-dir", "r",
+                 "--json"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert "tensorboard package is not installed" in out.err
+    summary = json.loads(out.out)
+    assert summary["status"] == "finished" and summary["test_count"] == 250
+    assert (tmp_path / "r" / "best.pt").exists() and not list((tmp_path / "r").glob("events.out.tfevents.*"))
+
+
+def test_fast_recipe_lowers_the_loss_on_tiny_data(tiny_data, tmp_path, capsys):
+    code = main(["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--recipe", "fast", "--model",
+                 "vgg-tiny", "--epochs", "3", "--batch-size", "50", "--run-dir", "r", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["recipe"] == "fast"
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0]
+    cfg = tomllib.loads((tmp_path / "r" / "config.toml").read_text())
+    assert cfg["erase"] == FAST["cpu"]["erase"] and cfg["precision"] == FAST["cpu"]["precision"]

@@ -127,6 +127,7 @@ class Session:
     run_dir: Path
     writer: object
     average: object = None  # AveragedModel with --ema: the weights that are validated, kept and tested
+    compiled: object = None  # torch.compile(model) with --compile: the same parameters, a faster forward
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -158,7 +159,7 @@ def run_epoch(s: Session, stop: StopFlag) -> dict:
 
     try:
         metrics = train_one_epoch(
-            s.model, batches(), s.optimizer, s.scheduler, s.rt, label_smoothing=cfg.label_smoothing,
+            s.compiled or s.model, batches(), s.optimizer, s.scheduler, s.rt, label_smoothing=cfg.label_smoothing,
             global_step=state.global_step, max_steps=cfg.max_steps, log_every=cfg.log_every,
             stop=stop, on_log=on_log, average=s.average)
     finally:
@@ -277,8 +278,9 @@ def finish(s: Session, status: str) -> dict:
     classes = s.data.info.classes
     result = evaluate(s.model, loader.epoch(), s.rt, len(classes), s.cfg.tta)
     fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} {split}, {scored}")
-    fig.savefig(s.run_dir / "confusion_matrix.png")
-    s.writer.add_figure(f"{split}/confusion_matrix", fig, s.state.global_step)  # closes the figure
+    if fig is not None:
+        fig.savefig(s.run_dir / "confusion_matrix.png")
+        s.writer.add_figure(f"{split}/confusion_matrix", fig, s.state.global_step)  # closes the figure
     s.writer.add_scalar(f"{split}/acc", result["acc"], s.state.global_step)
     hparams = {k: v for k, v in dataclasses.asdict(s.cfg).items() if isinstance(v, (int, float, str, bool))}
     s.writer.add_hparams(hparams, {f"hparam/{split}_acc": result["acc"], "hparam/best_val_acc": max(s.state.best_acc, 0)},
@@ -291,7 +293,7 @@ def finish(s: Session, status: str) -> dict:
 
 def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
     device = pick_device(cfg.device)
-    rt = Runtime.choose(device, cfg.precision, cfg.channels_last)
+    rt = Runtime.choose(device, cfg.precision, cfg.channels_last, cfg.compile)
     model_config(cfg.model)  # an unknown model name fails before the data is read
     data = prepare_data(cfg, device)
     if resume is not None and (list(data.info.classes), list(data.info.mean), list(data.info.std)) != \
@@ -324,7 +326,8 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     say(f"data: {cfg.task} from {data.info.source}: {len(data.train.labels)} train, "
         f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels) if data.test else 0} test")
     say(f"{rt.describe()}  model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
-    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average)
+    compiled = torch.compile(model) if rt.compile else None  # compiles on the first batch
+    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average, compiled)
 
 
 def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None) -> dict:
