@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.cuda.get_device_name()}")
 PY
 echo "== correctness: fast recipe, 2 epochs"
-python -m torchlab train fashion-mnist --recipe fast --epochs 2 --device cuda --data-dir "$data" --val-size 0 \
+python -m torchlab train fashion-mnist --recipe fast --target 93 --epochs 2 --device cuda --data-dir "$data" --val-size 0 \
     --run-dir "$(mktemp -d)/check" --json --quiet > /tmp/torchlab-gpu-check.json
 python - <<'PY'
 import json, sys

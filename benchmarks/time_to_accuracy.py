@@ -10,7 +10,7 @@ Contenders (each trains on all 60,000 training images and scores the whole
   examples recipe  pytorch/examples mnist/main.py for Fashion-MNIST: its network with dropout, Adadelta
                    at lr 1.0, StepLR(gamma 0.7) per epoch, batch 64, per-sample transforms
   notes-cnn        `torchlab train fashion-mnist` with the notes' settings (--recipe notes)
-  fast N           `torchlab train fashion-mnist --recipe fast --epochs N`, for each budget N
+  fast T           `torchlab train fashion-mnist --recipe fast --target T`, for each target T (91, 93, 94)
 
 Times are training seconds (evaluation for this table excluded, compile time
 included), summed over epochs until the first epoch whose test accuracy
@@ -37,7 +37,7 @@ from torchvision import datasets, transforms
 
 from notes_vs_torchlab import NotesNet, notes_pipeline, torchvision_root
 from run_cli import torchlab_json
-from torchlab.config import FAST
+from torchlab.config import FAST, FAST_TARGETS
 from torchlab.models.registry import build_model, count_macs, model_config
 
 TARGETS = (0.90, 0.91, 0.92, 0.93, 0.94)
@@ -128,7 +128,7 @@ def macs_of(name: str) -> int:
         return count_macs(NotesNet(), (1, 28, 28))
     if name == "examples recipe":
         return count_macs(ExamplesNet(), (1, 28, 28))
-    model = "notes-cnn" if name == "notes-cnn" else FAST["cpu"]["model"]
+    model = "notes-cnn" if name == "notes-cnn" else FAST_TARGETS["cpu"][int(name.split()[-1])]["model"]
     return count_macs(build_model(model, model_config(model)), (1, 28, 28))
 
 
@@ -170,7 +170,7 @@ def image_rate(data, batch: int, rt, steps: int, warmup: int = 3, model_name: st
     from torchlab.engine import train_one_epoch
 
     images, labels, norm = data
-    name = model_name or FAST["cpu"]["model"]
+    name = model_name or FAST_TARGETS["cpu"][94]["model"]
     torch.manual_seed(0)
     model = build_model(name, model_config(name)).to(rt.device)
     if rt.channels_last:
@@ -210,7 +210,9 @@ def hardware_choices(data, device: str, batch: int, budget_images: int) -> dict:
         print(f"  {name:<38}{ips:>8.0f} img/s{warm:>8.1f} s")
     print(f"  compile: costs {compile_cost:.1f} s, saves {saved:.1f} s over {budget_images} images -> "
           f"{'on' if saved > compile_cost else 'off'}")
-    return {"device": device, "precision": "bf16" if bf16 else "fp32", "channels_last": "on" if cl else "off",
+    from torchlab.engine import native_bf16
+
+    return {"device": device, "native_bf16": native_bf16(dev), "precision": "bf16" if bf16 else "fp32", "channels_last": "on" if cl else "off",
             "compile": "on" if saved > compile_cost else "off",
             "measured": {k: {"images_per_second": round(v[0], 1), "warmup_seconds": round(v[1], 2)} for k, v in rows.items()}}
 
@@ -219,7 +221,8 @@ def scaling(data, device: str, batches: list[int], fractions: list[float]) -> No
     """Seconds per epoch against the training-set size, and images per second against the batch size."""
     from torchlab.engine import Runtime
 
-    settings = FAST["cuda" if device == "cuda" else "cpu"]
+    kind = "cuda" if device == "cuda" else "cpu"
+    settings = {**FAST[kind], **FAST_TARGETS[kind][94]}
     rt = Runtime.choose(torch.device(device), settings["precision"], settings["channels_last"], settings["compile"])
     images, labels, norm = data
     print(f"\nscaling on {device}: {rt.describe()}")
@@ -237,16 +240,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(HERE.parents[1] / "shared" / "data"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--contenders", nargs="+", default=["notes", "examples", "notes-cnn", "fast"])
+    ap.add_argument("--contenders", nargs="*", default=["notes", "examples", "notes-cnn", "fast"],
+                    choices=["notes", "examples", "notes-cnn", "fast"])
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the notes, examples and notes-cnn contenders")
-    ap.add_argument("--fast-epochs", type=int, nargs="+", default=None, help="budgets of the fast recipe")
+    ap.add_argument("--targets", type=int, nargs="+", default=[91, 93, 94], help="targets of the fast recipe")
     ap.add_argument("--skip", nargs="*", default=[], choices=["hardware", "scaling"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path)
     ap.add_argument("--record", action="store_true", help="write the hardware choices to benchmarks/recorded/")
     args = ap.parse_args(argv)
     device = args.device
-    fast_epochs = args.fast_epochs or ([1, 5, 16] if device == "cpu" else [2, 8])
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {name}")
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
@@ -255,7 +258,8 @@ def main(argv=None) -> int:
     data = fashion_train(args.data_dir, device)
     if "hardware" not in args.skip:
         kind = "cuda" if device == "cuda" else "cpu"
-        out["choices"] = hardware_choices(data, device, FAST[kind]["batch_size"], 60000 * max(fast_epochs))
+        longest = FAST_TARGETS[kind][94]
+        out["choices"] = hardware_choices(data, device, longest["batch_size"], 60000 * longest["epochs"])
         if args.record:  # the tests check that the fast recipe uses what was measured here
             (HERE / "recorded").mkdir(exist_ok=True)
             (HERE / "recorded" / f"choices-{kind}.json").write_text(json.dumps(out["choices"], indent=2) + "\n")
@@ -270,13 +274,15 @@ def main(argv=None) -> int:
         results.append(summarise("notes-cnn", rows, peaks["fp32"]))
     if "fast" in args.contenders:
         precision = FAST["cuda" if device == "cuda" else "cpu"]["precision"]
-        for e in fast_epochs:
-            rows = torchlab_run(args.data_dir, device, ["--recipe", "fast", "--epochs", str(e), "--seed", str(args.seed)])
-            results.append(summarise(f"fast {e}", rows, peaks[precision]))
+        for t in args.targets:
+            rows = torchlab_run(args.data_dir, device, ["--recipe", "fast", "--target", str(t), "--seed", str(args.seed)])
+            results.append(summarise(f"fast {t}", rows, peaks[precision]))
     notes = next((r for r in results if r["name"] == "notes pipeline"), None)
     print_table(results, notes["reached"].get(0.90) if notes else None)
     if "scaling" not in args.skip:
         scaling(data, device, [32, 64, 128, 256, 512, 1024], [0.25, 0.5, 1.0])
+    if not results:
+        return 0
     if args.json_out:
         out["results"] = [{k: v for k, v in r.items()} | {"reached": {str(k): v for k, v in r["reached"].items()}}
                           for r in results]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -33,6 +34,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 arithmetic is native here, so faster than fp32: CUDA GPUs that support it, and
+    CPUs with AVX512-BF16 or AMX (elsewhere the CPU emulates it, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass
 class Runtime:
     """How tensors are laid out and computed on one device."""
@@ -52,8 +67,9 @@ class Runtime:
     def choose(cls, device: torch.device, precision: str, channels_last: str, compile: str = "off") -> "Runtime":
         """Resolve the "auto" settings per device, as benchmarks/time_to_accuracy.py measured them:
         NHWC is faster on the CPU (oneDNN) and with bf16 on GPUs; torch.compile pays on CUDA, while on
-        the CPU its compile time outweighs what it saves in a short run."""
-        bf16 = precision == "bf16"
+        the CPU its compile time outweighs what it saves in a short run. precision "auto" is bf16 where
+        it is native (`native_bf16`), else fp32."""
+        bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
         auto = device.type == "cpu" or bf16
         return cls(device, bf16, channels_last == "on" or (channels_last == "auto" and auto),
                    compile == "on" or (compile == "auto" and device.type == "cuda"))

@@ -21,7 +21,7 @@ from torchlab.models.rnn import LanguageModel, LMConfig
 from torchlab.tasks import lm
 
 # Flags for fast language-model runs: ~30 windows of 4 x 8 tokens per epoch on the English text below.
-TINY_LM = ["--device", "cpu", "--embed-size", "16", "--hidden-size", "32", "--layers", "1", "--bptt", "8",
+TINY_LM = ["--device", "cpu", "--precision", "fp32", "--embed-size", "16", "--hidden-size", "32", "--layers", "1", "--bptt", "8",
            "--batch-size", "4", "--eval-batch-size", "3", "--log-every", "2"]
 SENTENCES = ("The lamp was bright. ", "We sat and listened. ", "He smiled at us. ", "Nobody believed him.\n",
              "The time traveller spoke. ")

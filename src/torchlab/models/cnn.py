@@ -59,7 +59,7 @@ class VGGConfig:
     num_classes: int = 10
     image_size: int = 28
     widths: tuple[int, ...] = (32, 64, 128)  # one stage per width; every stage but the last halves H and W
-    convs_per_stage: int = 2
+    convs_per_stage: int | tuple[int, ...] = 2  # the same for every stage, or one count per stage
     dropout: float = 0.1
 
 
@@ -80,10 +80,12 @@ class VGGNet(nn.Module):
         self.config = cfg
         layers: list[nn.Module] = []
         c_in = cfg.in_channels
-        for i, width in enumerate(cfg.widths):
+        convs = cfg.convs_per_stage
+        convs = convs if isinstance(convs, tuple) else (convs,) * len(cfg.widths)
+        for i, (width, count) in enumerate(zip(cfg.widths, convs, strict=True)):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
-            for _ in range(cfg.convs_per_stage):
+            for _ in range(count):
                 layers.append(conv_bn_relu(c_in, width))
                 c_in = width
         self.features = nn.Sequential(*layers)

@@ -278,7 +278,7 @@ def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
 
 def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
     device = pick_device(cfg.device)
-    rt = Runtime(device, bf16=cfg.precision == "bf16")
+    rt = Runtime.choose(device, cfg.precision, channels_last="off")
     if cfg.tie and cfg.embed_size != cfg.hidden_size:
         build_model(cfg, 2)  # raises the --tie error before any data is read
     # The vocabulary is part of the model: a resumed run keeps its saved one.
