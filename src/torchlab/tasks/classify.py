@@ -325,7 +325,9 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
         writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()), 0)
     say(f"data: {cfg.task} from {data.info.source}: {len(data.train.labels)} train, "
         f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels) if data.test else 0} test")
-    say(f"{rt.describe()}  model: {cfg.model}  recipe: {cfg.recipe}  run: {run_dir}")
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    recipe = f"fast (target {cfg.target}%, {kind} settings)" if cfg.recipe == "fast" else cfg.recipe
+    say(f"{rt.describe()}  model: {cfg.model}  recipe: {recipe}  run: {run_dir}")
     compiled = torch.compile(model) if rt.compile else None  # compiles on the first batch
     return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average, compiled)
 
