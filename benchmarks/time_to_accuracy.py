@@ -133,6 +133,8 @@ def macs_of(name: str) -> int:
 
 
 def summarise(name: str, rows: list[dict], peak: float, images: int = 60000) -> dict:
+    print(f"{name}: " + ", ".join(f"epoch {r['epoch']} {r['seconds']:.1f} s {r['acc']:.2%}" for r in rows),
+          file=sys.stderr, flush=True)  # as each contender ends, in case a later one fails
     elapsed, reached = 0.0, {}
     for r in rows:
         elapsed += r["seconds"]
@@ -273,7 +275,11 @@ def main(argv=None) -> int:
         rows = torchlab_run(args.data_dir, device, ["--recipe", "notes", "--epochs", str(args.epochs)])
         results.append(summarise("notes-cnn", rows, peaks["fp32"]))
     if "fast" in args.contenders:
+        from torchlab.engine import native_bf16
+
         precision = FAST["cuda" if device == "cuda" else "cpu"]["precision"]
+        if precision == "auto":
+            precision = "bf16" if native_bf16(torch.device(device)) else "fp32"
         for t in args.targets:
             rows = torchlab_run(args.data_dir, device, ["--recipe", "fast", "--target", str(t), "--seed", str(args.seed)])
             results.append(summarise(f"fast {t}", rows, peaks[precision]))
