@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from torchlab import distributed
 from torchlab.errors import UserError
 
 FORMAT = "torchlab-checkpoint"
@@ -85,6 +86,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_states() -> dict[str, Any]:
+    """The random state to save: `rng` of this process and, with several processes, `rng_ranks`, every
+    rank's (a collective: every rank must call it)."""
+    out = {"rng": rng_state()}
+    if distributed.WORLD.enabled:
+        out["rng_ranks"] = distributed.gather_objects(rng_state())
+    return out
+
+
+def restore_rng(ckpt: dict[str, Any]) -> None:
+    """Each rank continues its own saved stream; with a different number of processes than were saved,
+    rank 0's stream is spread over the new ranks (resumed runs then differ from uninterrupted ones)."""
+    world, ranks = distributed.WORLD, ckpt.get("rng_ranks")
+    if world.enabled and ranks and len(ranks) == world.size:
+        set_rng_state(ranks[world.rank])
+        return
+    set_rng_state(ckpt["rng"])
+    distributed.spread_seeds()
 
 
 def model_states(model: torch.nn.Module, average=None) -> dict[str, Any]:

@@ -70,6 +70,10 @@ def cmd_train(args) -> int:
         if cfg.task not in TASKS:
             raise UserError(f"train: unknown task {cfg.task!r}", "choose one of: " + ", ".join(TASKS))
         summary = run_task(cfg)
+    from torchlab.distributed import from_env
+
+    if from_env().rank:
+        return 0  # rank 0 reports for all processes
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -92,13 +96,20 @@ def resumed_config(ckpt: dict, given: dict):
 
 
 def run_task(cfg, resume: dict | None = None, run_dir: Path | None = None) -> dict:
-    if cfg.task == "lm":
-        from torchlab.tasks import lm
+    """Train in this process, or as one of several started by torchrun (see distributed.py)."""
+    from torchlab import distributed
+    from torchlab.engine import pick_device
 
-        return lm.train(cfg, resume=resume, run_dir=run_dir)
-    from torchlab.tasks import classify
+    with distributed.start(pick_device(cfg.device)) as world:
+        if not world.main:
+            logger.QUIET = True  # rank 0 speaks for all; errors are still printed, with their rank
+        if cfg.task == "lm":
+            from torchlab.tasks import lm
 
-    return classify.train(cfg, resume=resume, run_dir=run_dir)
+            return lm.train(cfg, resume=resume, run_dir=run_dir)
+        from torchlab.tasks import classify
+
+        return classify.train(cfg, resume=resume, run_dir=run_dir)
 
 
 def lm_summary_text(s: dict) -> str:
@@ -251,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def rank_tag() -> str:
+    """" (rank N)" in messages of a process started by torchrun, so a failure names its process."""
+    from torchlab.distributed import from_env
+
+    world = from_env()
+    return f" (rank {world.rank})" if world.enabled else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -264,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print(f"torchlab: error: {e}", file=sys.stderr)
+        print(f"torchlab{rank_tag()}: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"torchlab: {e}", file=sys.stderr)
+        print(f"torchlab{rank_tag()}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         if debug:

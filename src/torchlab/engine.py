@@ -20,11 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from torchlab import distributed
 from torchlab.errors import UserError
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` takes the first available of cuda, mps, cpu; a named device must be available."""
+    """`auto` takes the first available of cuda, mps, cpu; a named device must be available.
+    Under torchrun each process takes its own GPU, cuda:LOCAL_RANK."""
+    name = distributed.device_for(name)
+    if name.startswith("cuda:"):
+        return torch.device(name)
     mps = getattr(torch.backends, "mps", None)
     available = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
     if name == "auto":
@@ -106,7 +111,9 @@ def graceful_interrupt(flag: StopFlag):
     """First Ctrl-C asks the loop to stop at a step boundary; a second one stops at once."""
 
     def handler(signum, frame):
-        if flag.requested:
+        # Under torchrun a Ctrl-C reaches each process twice (from the terminal and from torchrun, which
+        # waits 30 s before killing): stopping at once would skip the checkpoint the processes agree on.
+        if flag.requested and not distributed.WORLD.enabled:
             raise KeyboardInterrupt
         flag.requested = True
 
@@ -149,7 +156,7 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
     images, pending, stopped = 0, [], False
     for x, y in batches:
-        if (stop is not None and stop.requested) or (max_steps and global_step >= max_steps):
+        if distributed.should_stop(stop, global_step, rt.device) or (max_steps and global_step >= max_steps):
             stopped = True
             break
         x = rt.prepare(x)
@@ -174,6 +181,9 @@ def train_one_epoch(
                 on_log(global_step, latest, optimizer.param_groups[0]["lr"], images)
     if pending:
         check_finite(pending, global_step - len(pending) + 1)
+    seen = torch.tensor(images, device=rt.device)
+    distributed.all_sum(loss_sum, correct, seen)  # over all processes' slices of the batches
+    images = int(seen)
     seconds = time.perf_counter() - tic
     return {
         "loss": loss_sum.item() / max(images, 1),
@@ -217,6 +227,7 @@ def evaluate(
     `confusion[i, j]` counts samples of true class i predicted as class j.
     """
     model.eval()
+    distributed.sync_buffers(model)
     loss_sum = torch.zeros((), device=rt.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
     with torch.inference_mode():
@@ -224,6 +235,7 @@ def evaluate(
             logp = predict_logprobs(model, x, rt, tta)
             loss_sum += F.nll_loss(logp, y, reduction="sum")
             confusion += torch.bincount(y * num_classes + logp.argmax(1), minlength=num_classes**2)
+    distributed.all_sum(loss_sum, confusion)  # each process scored its own share of the split
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
     return {

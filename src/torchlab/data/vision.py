@@ -80,6 +80,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, rows: slice) -> "Split":
+        return Split(self.images[rows], self.labels[rows])
+
 
 def load_idx_dataset(spec: VisionSpec, data_dir: str | None = None, offline: bool = False):
     """Find, validate and decode a dataset; returns (train Split, test Split, source)."""
@@ -115,14 +118,26 @@ def normalise(images: torch.Tensor, mean, std, device) -> torch.Tensor:
     return x.sub_(m).div_(s)
 
 
-def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+# Augmentations draw their random numbers for a whole batch. With several processes each holds only its
+# rows of the global batch: `draw=(total, rows)` draws for all `total` images and keeps `rows`, so every
+# image gets the same shift, flip or box as in a single-process run.
+Draw = tuple[int, slice] | None
+
+
+def drawn(x: torch.Tensor, draw: Draw) -> tuple[int, slice]:
+    return draw if draw is not None else (len(x), slice(None))
+
+
+def random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor | None, gen: torch.Generator,
+                draw: Draw = None) -> torch.Tensor:
     """Shift each image [N, C, H, W] by up to `pad` pixels, filling with `fill` per channel (None: zeros).
 
     The same as torchvision's RandomCrop(H, padding=pad) on each image: pad every side, then cut an
     H x W window at a random offset (dy, dx) in [0, 2 * pad]."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad)) if fill is None else F.pad(x - fill, (pad, pad, pad, pad)) + fill
-    dy, dx = crop_offsets(n, pad, gen, x.device)
+    total, rows = drawn(x, draw)
+    dy, dx = (t[rows] for t in crop_offsets(total, pad, gen, x.device))
     rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # [N, H, 1]
     cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # [N, 1, W]
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -152,11 +167,12 @@ def erase_boxes(n: int, h: int, w: int, p: float, gen: torch.Generator, scale=(0
     return top, left, bh.masked_fill(keep, 0), bw.masked_fill(keep, 0)
 
 
-def random_erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+def random_erase(x: torch.Tensor, p: float, gen: torch.Generator, draw: Draw = None) -> torch.Tensor:
     """Set one random rectangle of each image [N, C, H, W] to 0 (the mean, after normalising), with
     probability p: the model must recognise clothes with a part hidden (Zhong et al., 2017)."""
     n, _, h, w = x.shape
-    top, left, bh, bw = (t.to(x.device) for t in erase_boxes(n, h, w, p, gen))
+    total, rows = drawn(x, draw)
+    top, left, bh, bw = (t[rows].to(x.device) for t in erase_boxes(total, h, w, p, gen))
     rows = torch.arange(h, device=x.device)[None, :]  # [1, H]
     cols = torch.arange(w, device=x.device)[None, :]
     in_rows = (rows >= top[:, None]) & (rows < (top + bh)[:, None])  # [N, H]
@@ -165,7 +181,7 @@ def random_erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tenso
 
 
 def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, scale=(0.25, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+                        ratio=(3 / 4, 4 / 3), draw: Draw = None) -> torch.Tensor:
     """Crop a random box from each image [N, C, S, S] and resize it to [N, C, size, size].
 
     Each box covers a random share `scale` of the area with a random aspect
@@ -177,7 +193,8 @@ def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator, scale=
     from torchvision.ops import roi_align
 
     n, _, h, w = x.shape
-    u = torch.rand(n, 4, generator=gen, device=gen.device).to(x.device, torch.float32)  # [N, 4] uniforms
+    total, rows = drawn(x, draw)
+    u = torch.rand(total, 4, generator=gen, device=gen.device)[rows].to(x.device, torch.float32)  # [N, 4]
     area = h * w * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
     log_r = torch.log(torch.tensor(ratio[0])) + (torch.log(torch.tensor(ratio[1] / ratio[0]))) * u[:, 1]
     bw = (area * log_r.exp()).sqrt().clamp(max=w)
@@ -193,9 +210,10 @@ def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[:, :, top : top + size, left : left + size]
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_flip(x: torch.Tensor, gen: torch.Generator, draw: Draw = None) -> torch.Tensor:
     """Mirror a random half of the batch left to right."""
-    mask = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
+    total, rows = drawn(x, draw)
+    mask = torch.rand(total, generator=gen, device=gen.device)[rows].to(x.device) < 0.5
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
@@ -213,9 +231,12 @@ class TensorLoader:
     """
 
     def __init__(self, images, labels, batch_size, train, seed=0, augment=False, flip=False, pad=2, fill=None,
-                 crop=0, norm=None, erase=0.0):
+                 crop=0, norm=None, erase=0.0, rows=slice(None)):
         self.images, self.labels = images, labels  # [N, C, H, W] uint8 (with norm) or float, [N] int64
         self.batch_size, self.train, self.seed = batch_size, train, seed
+        # Training with several processes: `batch_size` is the global batch and this process takes `rows`
+        # of each one (distributed.World.slice_of_batch); the order and the draws are the global ones.
+        self.rows = rows
         self.augment, self.flip, self.pad, self.erase = augment and train, flip, pad, erase
         self.fill = fill  # float images: the padding value per channel [1, C, 1, 1] (None: zeros)
         # crop > 0: images are stored larger than the model's input (image folders); training takes
@@ -240,7 +261,7 @@ class TensorLoader:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen).to(self.images.device)
         for step in range(start, len(self)):
-            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size][self.rows]
             yield self.transform(self.images[idx], epoch, step), self.labels[idx]
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,13 +272,14 @@ class TensorLoader:
             return self.standardise(centre_crop(x, self.crop) if self.crop else x)
         # One generator per batch, so skipping batches on resume replays the same draws.
         batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
+        draw = (self.batch_size, self.rows)
         if self.crop:  # resampling needs floats
-            x = random_resized_crop(self.standardise(x), self.crop, batch_gen)
+            x = random_resized_crop(self.standardise(x), self.crop, batch_gen, draw=draw)
         else:
-            x = random_crop(x, self.pad, self.fill, batch_gen)
-        x = random_flip(x, batch_gen) if self.flip else x
+            x = random_crop(x, self.pad, self.fill, batch_gen, draw)
+        x = random_flip(x, batch_gen, draw) if self.flip else x
         x = self.standardise(x) if not self.crop else x
-        return random_erase(x, self.erase, batch_gen) if self.erase else x
+        return random_erase(x, self.erase, batch_gen, draw) if self.erase else x
 
 
 def eval_loader(split: Split, mean, std, device, batch_size: int) -> TensorLoader:

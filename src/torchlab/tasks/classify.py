@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from torchlab import checkpoint as ckpt_io
+from torchlab import distributed
 from torchlab.config import TrainConfig, save_toml
 from torchlab.data import catalog
 from torchlab.data.catalog import Loaded
@@ -21,7 +22,7 @@ from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_ou
 from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
                              pick_device, train_one_epoch, weight_average)
 from torchlab.errors import Interrupted, UserError
-from torchlab.logger import confusion_figure, new_run_dir, open_writer, progress, say
+from torchlab.logger import Nothing, confusion_figure, new_run_dir, open_writer, progress, say
 from torchlab.models.registry import build_model, model_config
 
 
@@ -47,6 +48,7 @@ class Data:
     val: TensorLoader | None
     test: TensorLoader | None  # image folders without test/ have none
     samples: torch.Tensor  # a few raw training images [64, C, H, W] uint8, for TensorBoard
+    counts: dict  # images per split (all processes together)
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
@@ -65,14 +67,20 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
     if len(train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
 
-    mean, std = info.mean, info.std
+    mean, std, world = info.mean, info.std, distributed.WORLD
     train_loader = TensorLoader(train.images.to(device), train.labels.to(device), cfg.batch_size, train=True,
                                 seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad, crop=info.crop,
-                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0)
-    val_loader = eval_loader(val, mean, std, device, cfg.eval_batch_size) if val is not None else None
-    test_loader = eval_loader(info.test, mean, std, device, cfg.eval_batch_size) if info.test is not None else None
+                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0,
+                                rows=world.slice_of_batch(cfg.batch_size))
+
+    def share(split):  # each process scores its contiguous part of an evaluation split
+        return eval_loader(split[world.part(len(split))], mean, std, device, cfg.eval_batch_size) if split is not None else None
+
+    val_loader, test_loader = share(val), share(info.test)
     samples = centre_crop(train.images[:64], info.crop) if info.crop else train.images[:64]
-    return Data(info, train_loader, val_loader, test_loader, samples)
+    counts = {"train": len(train), "val": len(val) if val is not None else 0,
+              "test": len(info.test) if info.test is not None else 0}
+    return Data(info, train_loader, val_loader, test_loader, samples, counts)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int):
@@ -106,7 +114,7 @@ def make_checkpoint(cfg, info: Loaded, model, optimizer, scheduler, state: Train
         "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
         "train_config": dataclasses.asdict(cfg),
         "state": dataclasses.asdict(state),
-        "rng": ckpt_io.rng_state(),
+        **ckpt_io.rng_states(),
         "classes": list(info.classes),
         "mean": list(info.mean),
         "std": list(info.std),
@@ -127,17 +135,19 @@ class Session:
     run_dir: Path
     writer: object
     average: object = None  # AveragedModel with --ema: the weights that are validated, kept and tested
-    compiled: object = None  # torch.compile(model) with --compile: the same parameters, a faster forward
+    wrapped: object = None  # for the training forward: DistributedDataParallel and/or torch.compile of model
 
     @property
     def scored(self) -> torch.nn.Module:
         return self.average.module if self.average is not None else self.model
 
     def save(self, name: str) -> Path:
+        """Every process calls this (it gathers their random states); only rank 0 writes."""
         path = self.run_dir / name
         ckpt = make_checkpoint(self.cfg, self.data.info, self.model, self.optimizer, self.scheduler, self.state,
                                self.average)
-        ckpt_io.atomic_save(ckpt, path)
+        if distributed.WORLD.main:
+            ckpt_io.atomic_save(ckpt, path)
         return path
 
 
@@ -159,7 +169,7 @@ def run_epoch(s: Session, stop: StopFlag) -> dict:
 
     try:
         metrics = train_one_epoch(
-            s.compiled or s.model, batches(), s.optimizer, s.scheduler, s.rt, label_smoothing=cfg.label_smoothing,
+            s.wrapped or s.model, batches(), s.optimizer, s.scheduler, s.rt, label_smoothing=cfg.label_smoothing,
             global_step=state.global_step, max_steps=cfg.max_steps, log_every=cfg.log_every,
             stop=stop, on_log=on_log, average=s.average)
     finally:
@@ -259,7 +269,9 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
         **extra,
         "history": state.history,
     }
-    (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["processes"] = distributed.WORLD.size
+    if distributed.WORLD.main:
+        (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -271,13 +283,15 @@ def finish(s: Session, status: str) -> dict:
     """
     best = s.run_dir / "best.pt"
     scored = "last epoch"
+    distributed.barrier()  # rank 0 has finished writing best.pt
     if best.exists() and s.data.val is not None:
         s.model.load_state_dict(ckpt_io.load(best)["model_state"])
         scored = f"best epoch {s.state.best_epoch}"
     split, loader = ("test", s.data.test) if s.data.test is not None else ("val", s.data.val)
     classes = s.data.info.classes
     result = evaluate(s.model, loader.epoch(), s.rt, len(classes), s.cfg.tta)
-    fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} {split}, {scored}")
+    fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} {split}, {scored}") \
+        if distributed.WORLD.main else None
     if fig is not None:
         fig.savefig(s.run_dir / "confusion_matrix.png")
         s.writer.add_figure(f"{split}/confusion_matrix", fig, s.state.global_step)  # closes the figure
@@ -304,6 +318,7 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     mcfg = model_config(cfg.model, in_channels=len(data.info.mean), num_classes=len(data.info.classes),
                         image_size=data.samples.shape[-1])
     model = build_model(cfg.model, mcfg).to(device)
+    distributed.spread_seeds()  # the same initial weights everywhere, then each process its own dropout
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(cfg, model, cfg.epochs * len(data.train))
@@ -315,21 +330,39 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler_state"])
         state = TrainState(**resume["state"])
-        ckpt_io.set_rng_state(resume["rng"])
+        ckpt_io.restore_rng(resume)
     else:
-        run_dir = new_run_dir(cfg.run_dir, f"{cfg.task}-{cfg.model}", resumable=True)
-        save_toml(cfg, run_dir / "config.toml")
-    writer = open_writer(run_dir)
+        run_dir = create_run_dir(cfg, f"{cfg.task}-{cfg.model}")
+    writer = open_writer(run_dir) if distributed.WORLD.main else Nothing()
     if resume is None:
         writer.add_images("train/samples", data.samples.float() / 255, 0)
         writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()), 0)
-    say(f"data: {cfg.task} from {data.info.source}: {len(data.train.labels)} train, "
-        f"{len(data.val.labels) if data.val else 0} val, {len(data.test.labels) if data.test else 0} test")
+    say(f"data: {cfg.task} from {data.info.source}: {data.counts['train']} train, {data.counts['val']} val, "
+        f"{data.counts['test']} test")
     kind = "cuda" if device.type == "cuda" else "cpu"
     recipe = f"fast (target {cfg.target}%, {kind} settings)" if cfg.recipe == "fast" else cfg.recipe
     say(f"{rt.describe()}  model: {cfg.model}  recipe: {recipe}  run: {run_dir}")
-    compiled = torch.compile(model) if rt.compile else None  # compiles on the first batch
-    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average, compiled)
+    if distributed.WORLD.enabled:
+        say(distributed.describe(cfg.batch_size, "images"))
+    wrapped = distributed.wrap(model, device)
+    wrapped = torch.compile(wrapped) if rt.compile else wrapped  # compiles on the first batch
+    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average,
+                   None if wrapped is model else wrapped)
+
+
+def create_run_dir(cfg, default_name: str) -> Path:
+    """Rank 0 creates the run directory and its config.toml; every process learns its path (or the error)."""
+    made = None
+    if distributed.WORLD.main:
+        try:
+            made = new_run_dir(cfg.run_dir, default_name, resumable=True)
+            save_toml(cfg, made / "config.toml")
+        except UserError as e:
+            made = e
+    made = distributed.share(made)
+    if isinstance(made, UserError):
+        raise made
+    return made
 
 
 def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None) -> dict:

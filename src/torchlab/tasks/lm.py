@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from torchlab import checkpoint as ckpt_io
-from torchlab.config import LMTrainConfig, save_toml
+from torchlab import distributed
+from torchlab.config import LMTrainConfig
 from torchlab.data.corpora import load_corpus
 from torchlab.data.text import Vocab, batchify, batchify_eval, split_documents, tokenize, windows
 from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, pick_device, weight_average
 from torchlab.errors import Interrupted, UserError
-from torchlab.logger import new_run_dir, open_writer, progress, say
+from torchlab.logger import Nothing, open_writer, progress, say
 from torchlab.models.rnn import LanguageModel, LMConfig
-from torchlab.tasks.classify import build_optimizer, non_finite_error, supervise
+from torchlab.tasks.classify import build_optimizer, create_run_dir, non_finite_error, supervise
 
 VAL_FRACTION = TEST_FRACTION = 0.05
 
@@ -70,13 +71,15 @@ def prepare_text(cfg: LMTrainConfig, device: torch.device, vocab: Vocab | None =
     elif set(splits.train) - set(vocab.tokens):
         say(f"warning: {cfg.corpus} changed since the run started: {len(set(splits.train) - set(vocab.tokens))} "
             "training token types are not in the saved vocabulary and are read as <unk>")
-    train = batchify(vocab.encode(splits.train), cfg.batch_size).to(device)
+    world = distributed.WORLD
+    train = batchify(vocab.encode(splits.train), cfg.batch_size)[world.slice_of_batch(cfg.batch_size)].to(device)
     if train.shape[1] - 1 < cfg.bptt:
         raise UserError(f"--bptt {cfg.bptt}: the training streams hold only {train.shape[1]} tokens each "
                         f"({len(splits.train)} tokens / batch size {cfg.batch_size}); a window needs bptt + 1",
                         "use a smaller --bptt or --batch-size, or a longer text")
-    blocks = [[b.to(device) for b in batchify_eval(vocab.encode(part), cfg.eval_batch_size)]
-              for part in (splits.val, splits.test)]
+    # Each process scores its share of the streams of every evaluation block.
+    blocks = [[b[world.part(len(b))].to(device) for b in batchify_eval(vocab.encode(part), cfg.eval_batch_size)
+               if len(b[world.part(len(b))])] for part in (splits.val, splits.test)]
     counts = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
     return TextData(vocab, train, blocks[0], blocks[1], counts, corpus.source)
 
@@ -96,7 +99,7 @@ def lm_loss(model, x: torch.Tensor, y: torch.Tensor, state, rt: Runtime, reducti
 def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
     """Mean loss over every target of a split (each scored once) and its perplexity."""
     model.eval()
-    total, count = torch.zeros((), device=rt.device), 0
+    total, count = torch.zeros((), device=rt.device), torch.zeros((), dtype=torch.long, device=rt.device)
     with torch.inference_mode():
         for block in blocks:  # [B, M + 1] streams; each block starts from a zero state
             state = None
@@ -104,8 +107,9 @@ def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
                 loss, state = lm_loss(model, x, y, state, rt, reduction="sum")
                 total += loss
                 count += y.numel()
-    loss = total.item() / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
+    distributed.all_sum(total, count)  # every process scored its own streams
+    loss = total.item() / int(count)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(count)}
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Session:
     writer: object
     hidden: object = None  # the state carried from window to window
     average: object = None  # AveragedModel with --ema: the weights that are validated, kept and tested
+    wrapped: object = None  # DistributedDataParallel(model) with several processes, for the training forward
 
     @property
     def scored(self) -> LanguageModel:
@@ -131,18 +136,21 @@ class Session:
                          self.cfg.bptt))
 
     def save(self, name: str) -> Path:
+        """Every process calls this (it gathers their hidden states and random states); rank 0 writes."""
         hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,) if self.hidden is not None else ()
+        hidden = [distributed.gather_rows(h.detach(), dim=1) for h in hidden]  # [L, B/N, H] -> [L, B, H]
         ckpt = {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "task": "lm", "model_name": f"lm-{self.cfg.cell}",
             "model_config": dataclasses.asdict(self.model.config), **ckpt_io.model_states(self.model, self.average),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "train_config": dataclasses.asdict(self.cfg), "state": dataclasses.asdict(self.state),
-            "rng": ckpt_io.rng_state(), "vocab": self.data.vocab.to_dict(),
-            "hidden": [h.detach().cpu() for h in hidden],  # mid-epoch resume continues from this state
+            **ckpt_io.rng_states(), "vocab": self.data.vocab.to_dict(),
+            "hidden": [h.cpu() for h in hidden],  # mid-epoch resume continues from this state
         }
         path = self.run_dir / name
-        ckpt_io.atomic_save(ckpt, path)
+        if distributed.WORLD.main:
+            ckpt_io.atomic_save(ckpt, path)
         return path
 
 
@@ -156,11 +164,12 @@ def train_steps(s: Session, stop: StopFlag) -> dict:
                    cfg.batch_size * cfg.bptt)
     loss_sum, tokens, pending, stopped = torch.zeros((), device=s.rt.device), 0, [], False
     for x, y in itertools.islice(batches, start, None):
-        if stop.requested or (cfg.max_steps and state.global_step >= cfg.max_steps):
+        if distributed.should_stop(stop, state.global_step, s.rt.device) or \
+                (cfg.max_steps and state.global_step >= cfg.max_steps):
             stopped = True
             break
         state_in = model.detach_state(s.hidden) if s.hidden is not None else None  # cut the graph here
-        loss, s.hidden = lm_loss(model, x, y, state_in, s.rt)
+        loss, s.hidden = lm_loss(s.wrapped or model, x, y, state_in, s.rt)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip:
@@ -185,6 +194,9 @@ def train_steps(s: Session, stop: StopFlag) -> dict:
     bar.close()
     if pending:
         check_finite(pending, state.global_step - len(pending) + 1)
+    seen = torch.tensor(tokens, device=s.rt.device)
+    distributed.all_sum(loss_sum, seen)  # over all processes' streams
+    tokens = int(seen)
     return {"loss": loss_sum.item() / max(tokens, 1), "tokens": tokens, "stopped": stopped}
 
 
@@ -248,7 +260,9 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
                "train_seconds": round(st.train_seconds, 2),
                "tokens_per_second": round(st.tokens_seen / max(st.train_seconds, 1e-9), 1), **extra,
                "history": st.history}
-    (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["processes"] = distributed.WORLD.size
+    if distributed.WORLD.main:
+        (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -256,6 +270,7 @@ def finish(s: Session, status: str) -> dict:
     """Score the test split with the best weights (by val perplexity)."""
     scored = "last weights"
     best = s.run_dir / "best.pt"
+    distributed.barrier()  # rank 0 has finished writing best.pt
     if best.exists():
         s.model.load_state_dict(ckpt_io.load(best)["model_state"])
         scored = f"best epoch {s.state.best_epoch}"
@@ -285,6 +300,7 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     data = prepare_text(cfg, device, Vocab.from_dict(resume["vocab"]) if resume is not None else None)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(cfg, len(data.vocab)).to(device)
+    distributed.spread_seeds()  # the same initial weights everywhere, then each process its own dropout
     steps = cfg.epochs * len(range(0, data.train.shape[1] - 1, cfg.bptt))
     optimizer, scheduler = build_optimizer(cfg, model, steps)
     state, hidden = LMState(), None
@@ -295,17 +311,21 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler_state"])
         state = LMState(**resume["state"])
-        saved = [h.to(device) for h in resume["hidden"]]
+        rows = distributed.WORLD.slice_of_batch(cfg.batch_size)
+        saved = [h[:, rows].to(device) for h in resume["hidden"]]  # [L, B, H]: this process's streams
         hidden = (tuple(saved) if len(saved) == 2 else saved[0]) if saved and state.step_in_epoch else None
-        ckpt_io.set_rng_state(resume["rng"])
+        ckpt_io.restore_rng(resume)
     else:
-        run_dir = new_run_dir(cfg.run_dir, f"lm-{Path(cfg.corpus).stem}-{cfg.cell}", resumable=True)
-        save_toml(cfg, run_dir / "config.toml")
-    writer = open_writer(run_dir)
+        run_dir = create_run_dir(cfg, f"lm-{Path(cfg.corpus).stem}-{cfg.cell}")
+    writer = open_writer(run_dir) if distributed.WORLD.main else Nothing()
     say(f"data: {cfg.corpus} ({cfg.level} level) from {data.source}: {data.counts['train']} train, "
         f"{data.counts['val']} val, {data.counts['test']} test tokens; vocabulary {len(data.vocab)}")
     say(f"{rt.describe()}  model: {cfg.layers}-layer {cfg.cell} ({cfg.impl}), hidden {cfg.hidden_size}  run: {run_dir}")
-    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, hidden, average)
+    if distributed.WORLD.enabled:
+        say(distributed.describe(cfg.batch_size, "text streams"))
+    wrapped = distributed.wrap(model, device)
+    return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, hidden, average,
+                   None if wrapped is model else wrapped)
 
 
 def train(cfg: LMTrainConfig, resume: dict | None = None, run_dir: Path | None = None,
