@@ -124,3 +124,12 @@ def restore_models(ckpt: dict[str, Any], model: torch.nn.Module, average=None) -
     if average is not None:
         average.module.load_state_dict(ckpt["model_state"])
         average.n_averaged.fill_(ckpt["ema_updates"])
+
+
+def restore_training(ckpt: dict[str, Any], model: torch.nn.Module, average, optimizer, scheduler) -> None:
+    """Everything a resumed run continues from: weights (and their average), optimizer, schedule, random state."""
+    restore_models(ckpt, model, average)
+    optimizer.load_state_dict(ckpt["optimizer_state"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+    restore_rng(ckpt)

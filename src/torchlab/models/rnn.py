@@ -201,21 +201,6 @@ class Recurrent(nn.Module):
         return (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
 
-    def recurrent(self, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
-        """The recurrent layers, with weight drop while training (Merity et al., AWD-LSTM).
-
-        Ordinary dropout on h would change the memory at every time step; dropping entries of
-        each `weight_hh` [G*H, H] instead removes the same connections at all T steps of a
-        window, which regularises the recurrence without disturbing it. The dropped matrices
-        are passed to the unchanged layer through `functional_call`, so it works for the fused
-        torch layers and for `Recurrent` alike."""
-        p = self.config.weight_drop
-        if not (self.training and p):
-            return self.rnn(x, state)
-        params = {name: F.dropout(w, p) if name.startswith("weight_hh") else w
-                  for name, w in self.rnn.named_parameters()}
-        return functional_call(self.rnn, params, (x, state))
-
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         h = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
         return (h, torch.zeros_like(h)) if self.mode == "lstm" else h

@@ -325,12 +325,8 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     average = weight_average(model, cfg.ema) if cfg.ema else None
     state = TrainState()
     if resume is not None:
-        ckpt_io.restore_models(resume, model, average)
-        optimizer.load_state_dict(resume["optimizer_state"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler_state"])
+        ckpt_io.restore_training(resume, model, average, optimizer, scheduler)
         state = TrainState(**resume["state"])
-        ckpt_io.restore_rng(resume)
     else:
         run_dir = create_run_dir(cfg, f"{cfg.task}-{cfg.model}")
     writer = open_writer(run_dir) if distributed.WORLD.main else Nothing()

@@ -306,15 +306,11 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     state, hidden = LMState(), None
     average = weight_average(model, cfg.ema) if cfg.ema else None
     if resume is not None:
-        ckpt_io.restore_models(resume, model, average)
-        optimizer.load_state_dict(resume["optimizer_state"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler_state"])
+        ckpt_io.restore_training(resume, model, average, optimizer, scheduler)
         state = LMState(**resume["state"])
         rows = distributed.WORLD.slice_of_batch(cfg.batch_size)
         saved = [h[:, rows].to(device) for h in resume["hidden"]]  # [L, B, H]: this process's streams
         hidden = (tuple(saved) if len(saved) == 2 else saved[0]) if saved and state.step_in_epoch else None
-        ckpt_io.restore_rng(resume)
     else:
         run_dir = create_run_dir(cfg, f"lm-{Path(cfg.corpus).stem}-{cfg.cell}")
     writer = open_writer(run_dir) if distributed.WORLD.main else Nothing()
