@@ -11,11 +11,12 @@ import argparse
 import dataclasses
 import importlib
 import json
+import shlex
 import sys
 import traceback
 from pathlib import Path
 
-from torchlab import __version__, logger
+from torchlab import __version__, logger, runinfo
 from torchlab.config import CONFIGS, LMTrainConfig, TrainConfig, add_flags, check_values, resolve
 from torchlab.errors import Interrupted, UserError
 
@@ -36,6 +37,12 @@ BASICS = (
      "torchlab conv-viz --dataset fashion-mnist --out runs/conv"),
     ("generate", "generate", "continue a text with a language model from `torchlab train lm`",
      "torchlab generate runs/<run>/best.pt --prompt '天上的云朵' --tokens 50   |   ... --next 5"),
+    ("runs", "runs", "list the runs under a folder: task, model, metrics, duration, status, how to resume",
+     "torchlab runs runs --sort test   |   torchlab runs --json"),
+    ("report", "report", "write one self-contained HTML page about a run: curves, metrics, mistakes or samples",
+     "torchlab report runs/<run> --open"),
+    ("tensorboard", "board", "start TensorBoard on the runs on a free local port and print its address",
+     "torchlab tensorboard runs"),
 )
 # Settings a resumed run may change: they do not alter the numbers already computed.
 RESUMABLE = {"epochs", "device", "max_steps", "log_every", "eval_batch_size", "data_dir", "test_every_epoch", "patience"}
@@ -274,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logger.QUIET = "--quiet" in argv
+    runinfo.COMMAND = "torchlab " + shlex.join(argv)  # kept in each run's summary.json
     try:
         args = build_parser().parse_args(argv)
         if not hasattr(args, "func"):

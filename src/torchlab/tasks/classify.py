@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from torchlab import checkpoint as ckpt_io
-from torchlab import distributed
+from torchlab import distributed, runinfo
 from torchlab.config import TrainConfig, save_toml
 from torchlab.data import catalog
 from torchlab.data.catalog import Loaded
@@ -206,6 +205,7 @@ def end_epoch(s: Session, metrics: dict, complete: bool = True) -> bool:
         state.best_acc, state.best_epoch = record["val_acc"], record["epoch"]
         s.save("best.pt")
     s.save("last.pt")
+    write_summary(s, "running", {})  # `torchlab runs` sees the epochs so far
     say(epoch_line(record, cfg.epochs, improved))
     return bool(cfg.patience and "val_acc" in record and state.bad_epochs >= cfg.patience)
 
@@ -261,6 +261,7 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
         "recipe": s.cfg.recipe,
         "device": str(s.rt.device),
         "epochs": state.epoch,
+        "epochs_planned": s.cfg.epochs,
         "steps": state.global_step,
         "best_val_acc": state.best_acc if state.best_acc >= 0 else None,
         "best_epoch": state.best_epoch or None,
@@ -271,7 +272,7 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
     }
     summary["processes"] = distributed.WORLD.size
     if distributed.WORLD.main:
-        (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        runinfo.write(s.run_dir, summary)
     return summary
 
 
@@ -364,6 +365,7 @@ def create_run_dir(cfg, default_name: str) -> Path:
 def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None) -> dict:
     """Train (or resume) one run and return its summary dict."""
     s = start(cfg, resume, run_dir)
+    write_summary(s, "running", {})
     if s.state.epoch >= cfg.epochs:
         say(f"run already completed {s.state.epoch} epochs; scoring it again")
     return supervise(s, fit, finish, write_summary, stop or StopFlag())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from torchlab import checkpoint as ckpt_io
-from torchlab import distributed
+from torchlab import distributed, runinfo
 from torchlab.config import LMTrainConfig
 from torchlab.data.corpora import load_corpus
 from torchlab.data.text import Vocab, batchify, batchify_eval, split_documents, tokenize, windows
@@ -63,9 +62,7 @@ class TextData:
 
 def prepare_text(cfg: LMTrainConfig, device: torch.device, vocab: Vocab | None = None) -> TextData:
     """Read, split and number the corpus; a resumed run passes its saved `vocab` so ids keep their meaning."""
-    corpus = load_corpus(cfg.corpus, cfg.data_dir or None, cfg.script, cfg.encoding)
-    docs = [tokenize(doc, cfg.level, corpus.language) for doc in corpus.documents]
-    splits = split_documents(docs, VAL_FRACTION, TEST_FRACTION, cfg.seed, shuffle=len(docs) > 1)
+    corpus, splits = split_corpus(cfg)
     if vocab is None:
         vocab = Vocab.build(splits.train, cfg.level)  # never sees val or test: their new tokens become <unk>
     elif set(splits.train) - set(vocab.tokens):
@@ -82,6 +79,13 @@ def prepare_text(cfg: LMTrainConfig, device: torch.device, vocab: Vocab | None =
                if len(b[world.part(len(b))])] for part in (splits.val, splits.test)]
     counts = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
     return TextData(vocab, train, blocks[0], blocks[1], counts, corpus.source)
+
+
+def split_corpus(cfg: LMTrainConfig):
+    """The corpus and its train/val/test token lists, as every run with these settings splits it."""
+    corpus = load_corpus(cfg.corpus, cfg.data_dir or None, cfg.script, cfg.encoding)
+    docs = [tokenize(doc, cfg.level, corpus.language) for doc in corpus.documents]
+    return corpus, split_documents(docs, VAL_FRACTION, TEST_FRACTION, cfg.seed, shuffle=len(docs) > 1)
 
 
 def epoch_offset(seed: int, epoch: int, bptt: int) -> int:
@@ -220,6 +224,7 @@ def end_epoch(s: Session, metrics: dict, seconds: float, complete: bool) -> bool
         state.best_ppl, state.best_epoch = val["ppl"], record["epoch"]
         s.save("best.pt")
     s.save("last.pt")
+    write_summary(s, "running", {})  # `torchlab runs` sees the epochs so far
     say(f"epoch {record['epoch']}/{cfg.epochs}  train loss {metrics['loss']:.4f}  val loss {val['loss']:.4f} "
         f"ppl {val['ppl']:.3f}" + (" *" if improved else "") + f"  {record['tokens_per_second']:.0f} tok/s")
     return bool(cfg.patience and state.bad_epochs >= cfg.patience)
@@ -255,14 +260,14 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
     st = s.state
     summary = {"status": status, "run_dir": str(s.run_dir), "task": "lm", "corpus": s.cfg.corpus,
                "level": s.cfg.level, "cell": s.cfg.cell, "impl": s.cfg.impl, "device": str(s.rt.device),
-               "vocab_size": len(s.data.vocab), "tokens": s.data.counts, "epochs": st.epoch, "steps": st.global_step,
+               "vocab_size": len(s.data.vocab), "tokens": s.data.counts, "epochs": st.epoch, "epochs_planned": s.cfg.epochs, "steps": st.global_step,
                "best_val_ppl": st.best_ppl if st.best_epoch else None, "best_epoch": st.best_epoch or None,
                "train_seconds": round(st.train_seconds, 2),
                "tokens_per_second": round(st.tokens_seen / max(st.train_seconds, 1e-9), 1), **extra,
                "history": st.history}
     summary["processes"] = distributed.WORLD.size
     if distributed.WORLD.main:
-        (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        runinfo.write(s.run_dir, summary)
     return summary
 
 
@@ -327,4 +332,6 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
 def train(cfg: LMTrainConfig, resume: dict | None = None, run_dir: Path | None = None,
           stop: StopFlag | None = None) -> dict:
     """Train (or resume) one language model and return its summary dict."""
-    return supervise(start(cfg, resume, run_dir), fit, finish, write_summary, stop or StopFlag())
+    s = start(cfg, resume, run_dir)
+    write_summary(s, "running", {})  # `torchlab runs` sees it from the start
+    return supervise(s, fit, finish, write_summary, stop or StopFlag())

@@ -123,10 +123,11 @@ def predict_paths(ckpt: dict, paths: list[str], device: torch.device, top_k: int
     return results
 
 
-def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_size: int, out: str | None) -> dict:
-    """Score a checkpoint on the whole test split of its task and write the confusion-matrix PNG."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1", "e.g. --batch-size 1000")
+def scoring_setup(ckpt: dict, data_dir: str | None, device_name: str):
+    """What scoring a checkpoint needs: (model, runtime, split name, split, source), checked against each other.
+
+    Image folders without test/ are scored on val/ (or the same seeded held-out share as in training).
+    """
     device = pick_device(device_name)
     cfg = ckpt.get("train_config", {})
     if ckpt["task"] not in catalog.NAMES:
@@ -139,14 +140,21 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
     info = catalog.load(ckpt["task"], data_dir or cfg.get("data_dir") or None,
                         size=ckpt["model_config"].get("image_size", 96), val_fraction=cfg.get("val_fraction", 0.2),
                         seed=cfg.get("seed", 0))
-    # Image folders without test/ are scored on val/ (or the same seeded held-out share as in training).
     split, test = ("test", info.test) if info.test is not None else ("val", info.val)
-    source = info.source
     model = model_from_checkpoint(ckpt, device)
     rt = Runtime.choose(device, cfg.get("precision", "fp32"), cfg.get("channels_last", "auto"))
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = eval_loader(test, ckpt["mean"], ckpt["std"], device, batch_size)
+    return model, rt, split, test, info.source
+
+
+def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_size: int, out: str | None) -> dict:
+    """Score a checkpoint on the whole test split of its task and write the confusion-matrix PNG."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1", "e.g. --batch-size 1000")
+    model, rt, split, test, source = scoring_setup(ckpt, data_dir, device_name)
+    cfg = ckpt.get("train_config", {})
+    loader = eval_loader(test, ckpt["mean"], ckpt["std"], rt.device, batch_size)
     result = evaluate(model, loader.epoch(), rt, len(ckpt["classes"]), cfg.get("tta", False))
     path = Path(ckpt["path"])
     png = Path(out) if out else path.with_name(f"{path.stem}-confusion.png")

@@ -1,0 +1,80 @@
+"""`torchlab tensorboard [DIR]`: start the real TensorBoard on the runs, on a free local port.
+
+A thin convenience over `tensorboard --logdir DIR`: it picks a port nobody
+uses, waits until the server answers, prints the address and keeps serving
+until Ctrl-C (which stops TensorBoard too).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from torchlab.errors import UserError
+from torchlab.logger import say
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dir", nargs="?", default="runs", help="folder of runs (default: runs)")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for TensorBoard to start (default 60)")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "data/logdir", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start(logdir: Path, host: str, port: int, wait: float) -> tuple[subprocess.Popen, str]:
+    """Start TensorBoard and return (process, address) once it answers; a failure says why in one line."""
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://{host}:{port}/"
+    deadline = time.monotonic() + wait
+    while not answers(url):
+        if proc.poll() is not None:
+            last = (proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"tensorboard exited before serving ({last})",
+                            "pip install tensorboard, or choose another --port")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise UserError(f"tensorboard did not answer on {url} within {wait:.0f} s", "try a larger --wait")
+        time.sleep(0.3)
+    return proc, url
+
+
+def run(args) -> int:
+    logdir = Path(args.dir)
+    if not logdir.is_dir():
+        raise UserError(f"{logdir}: no such directory", "give the folder your runs are in, e.g. runs")
+    if not 0 <= args.port < 65536:
+        raise UserError(f"--port {args.port}: not a port", "use 1-65535, or leave it out for a free one")
+    port = args.port or free_port(args.host)
+    proc, url = start(logdir, args.host, port, args.wait)
+    print(f"TensorBoard on {logdir}: {url}", flush=True)
+    say("Ctrl-C stops it")
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

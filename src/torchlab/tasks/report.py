@@ -1,0 +1,251 @@
+"""`torchlab report RUN_DIR`: one self-contained HTML page about a run.
+
+The page holds the command and resolved config, the final metrics (copied
+from summary.json, never recomputed), the training curves, and per task:
+for classifiers the confusion matrix, per-class accuracy and the test images
+the model got most confidently wrong (the saved model rescored on the
+split); for language models the perplexity curves and continuations of
+prompts taken from the test text, next to what the text really says.
+"""
+
+from __future__ import annotations
+
+import math
+import webbrowser
+from pathlib import Path
+
+import torch
+
+from torchlab import checkpoint, html, runinfo
+from torchlab.errors import UserError
+from torchlab.logger import progress, say
+
+GALLERY = 24  # confidently wrong test images shown
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run_dir", help="a run directory from `torchlab train`")
+    p.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: the one the run used)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves(history: list[dict], lm: bool) -> str:
+    """Loss and accuracy (or perplexity) per epoch, train against val (and test when scored every epoch)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    epochs = [h["epoch"] for h in history]
+    metric = "ppl" if lm else "acc"
+    for split in ("train", "val", "test"):
+        losses = [h.get(f"{split}_loss") for h in history]
+        if any(v is not None for v in losses):
+            axes[0].plot(epochs, losses, marker="o", label=split)
+        values = [math.exp(h["train_loss"]) if lm and split == "train" else h.get(f"{split}_{metric}") for h in history]
+        if any(v is not None for v in values):
+            axes[1].plot(epochs, values, marker="o", label=split)
+    axes[0].set_title("loss (mean per " + ("token)" if lm else "image)"))
+    axes[1].set_title("perplexity (lower is better)" if lm else "accuracy")
+    if lm:
+        axes[1].set_yscale("log")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return html.image(html.figure_uri(fig), "training curves")
+
+
+def metrics_table(summary: dict, lm: bool) -> str:
+    """The run's own numbers, each with its exact value in data-value."""
+    pct = (lambda v: f"{v:.2%}") if not lm else (lambda v: f"{v:.3f}")
+    rows = []
+    for key in ("best_val_acc", "best_val_ppl", "test_acc", "test_ppl", "val_acc", "test_loss", "val_loss"):
+        value = summary.get(key)
+        if value is not None and (key != "val_acc" or summary.get("scored_split") == "val"):
+            text = pct(value) if key.endswith(("acc", "ppl")) else f"{value:.4f}"
+            rows.append([key.replace("_", " "), (text, value)])
+    for key, unit in (("epochs", ""), ("steps", ""), ("best_epoch", ""), ("train_seconds", " s"),
+                      ("images_per_second", " img/s"), ("tokens_per_second", " tokens/s")):
+        if summary.get(key) is not None:
+            rows.append([key.replace("_", " "), (f"{summary[key]:,}{unit}", summary[key])])
+    scored = summary.get("test_scored") or summary.get(f"{summary.get('scored_split', 'test')}_scored")
+    note = f"<p>Scored with the weights of the {html.escape(scored)}.</p>" if scored else ""
+    return html.table(["metric", "value"], rows, numeric={1}) + note
+
+
+def epochs_table(history: list[dict]) -> str:
+    keys = [k for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_ppl", "test_acc", "train_seconds")
+            if any(k in h for h in history)]
+    fmt = lambda k, v: "" if v is None else (f"{v:.2%}" if k.endswith("acc") else f"{v:.4f}" if isinstance(v, float)
+                                             else str(v))
+    rows = [[(fmt(k, h.get(k)), h.get(k)) for k in keys] for h in history]
+    return html.table([k.replace("_", " ") for k in keys], rows, numeric=set(range(len(keys))))
+
+
+def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device: str) -> list[tuple[str, str]]:
+    """Rescore the saved model on the split the run was scored on: confusion, per class, confident mistakes."""
+    from torchlab.data.vision import eval_loader
+    from torchlab.engine import per_class_accuracy, predict_logprobs
+    from torchlab.logger import confusion_figure
+    from torchlab.tasks.predict import scoring_setup
+
+    model, rt, split, data, _ = scoring_setup(ckpt, data_dir, device)
+    model.eval()
+    tta = ckpt.get("train_config", {}).get("tta", False)
+    with torch.inference_mode():  # [N, K] probabilities, in split order
+        probs = torch.cat([predict_logprobs(model, x, rt, tta).exp().cpu()
+                           for x, _ in eval_loader(data, ckpt["mean"], ckpt["std"], rt.device, 500).epoch()])
+    classes = list(ckpt["classes"])
+    pred = probs.argmax(1)
+    k = len(classes)
+    confusion = torch.bincount(data.labels * k + pred, minlength=k * k).view(k, k)
+    acc = confusion.diag().sum().item() / len(data)
+    expected = summary.get(f"{split}_acc")
+    check = (f"<p>Rescored here: {acc:.2%} on {len(data):,} images"
+             + ("" if expected is None or abs(acc - expected) < 1e-9 else
+                f' <span class="note">(the run reported {expected:.2%}: the data or the weights changed since)</span>')
+             + ".</p>")
+    per_class = per_class_accuracy(confusion)
+    rows = [[name, (f"{a:.2%}", a), (f"{int(confusion[i].sum()):,}", int(confusion[i].sum()))]
+            for i, (name, a) in enumerate(zip(classes, per_class))]
+    return [
+        (f"Confusion matrix ({split} set)", check + html.image(html.figure_uri(
+            confusion_figure(confusion, classes, f"{ckpt['task']} {split}")), "confusion matrix")),
+        ("Accuracy per class", html.table(["class", "accuracy", "images"], rows, numeric={1, 2})),
+        ("Most confidently wrong", wrong_gallery(data, probs, classes, ckpt)),
+    ]
+
+
+def wrong_gallery(data, probs: torch.Tensor, classes: list[str], ckpt: dict) -> str:
+    """The mistakes made with the highest predicted probability, each titled with its true and predicted class."""
+    conf, pred = probs.max(1)
+    wrong = (pred != data.labels).nonzero().flatten()
+    if not len(wrong):
+        return "<p>No mistakes on this split.</p>"
+    order = wrong[conf[wrong].argsort(descending=True)][:GALLERY]
+    plt = pyplot()
+    cols = 8
+    rows = math.ceil(len(order) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.45, rows * 1.75), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order.tolist()):
+        img = data.images[i].permute(1, 2, 0).numpy()  # CHW -> HWC for imshow
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        ax.set_title(f"true {classes[data.labels[i]]}\npred {classes[pred[i]]} {conf[i]:.0%}", fontsize=7)
+    fig.tight_layout()
+    return (f"<p>{len(wrong):,} of {len(data):,} images are wrong; the {len(order)} the model was surest of:</p>"
+            + html.image(html.figure_uri(fig), "confidently wrong test images"))
+
+
+def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
+    """Three prompts from the test text, continued by the model, beside the text's own continuation."""
+    from torchlab.config import LMTrainConfig
+    from torchlab.engine import pick_device
+    from torchlab.tasks.generate import continue_text, load_model
+    from torchlab.tasks.lm import split_corpus
+
+    dev = pick_device(device)
+    model, vocab = load_model(str(ckpt_path), dev)
+    _, splits = split_corpus(LMTrainConfig(**cfg))
+    test = splits.test
+    words = vocab.level == "word"
+    prompt_len, new_len = (12, 30) if words else (40, 120)
+    rows = []
+    for j, frac in enumerate((0.2, 0.5, 0.8)):
+        start = int(len(test) * frac)
+        prompt = test[start:start + prompt_len]
+        if len(prompt) < prompt_len:
+            continue
+        truth = test[start + prompt_len:start + prompt_len + new_len]
+        new = continue_text(model, vocab.lookup(prompt)[0], new_len, 0.8, 0, j, dev)
+        rows.append((vocab.decode(vocab.lookup(prompt)[0]), vocab.decode(new), vocab.decode(vocab.lookup(truth)[0])))
+    parts = [f'<p class="sample"><b>{html.escape(p)}</b>{html.escape(g)}</p><p>the text goes on: '
+             f"<i>{html.escape(t)}</i></p>" for p, g, t in rows]
+    return ("<p>Prompts (in bold) from the test text, continued at temperature 0.8 (seeds 0, 1, 2; "
+            "unknown tokens shown as &lt;unk&gt;).</p>" + "".join(parts))
+
+
+def build(run_dir: Path, data_dir: str | None, device: str) -> str:
+    """The whole page for one run."""
+    summary = runinfo.read(run_dir)
+    ckpt_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+    ckpt = checkpoint.load(ckpt_path)
+    lm = ckpt["task"] == "lm"
+    history = summary.get("history") or ckpt["state"].get("history", [])
+    config = (run_dir / "config.toml").read_text(encoding="utf-8")
+    name = f"{summary.get('cell')} language model on {summary.get('corpus')}" if lm else \
+        f"{ckpt['model_name']} on {ckpt['task']}"
+    how = "" if summary["shown"] == summary.get("status") else f" ({summary.get('status')})"
+    head = (f"<p>{html.escape(name)}: <b>{summary['shown']}</b>{html.escape(how)}, "
+            f"started {html.escape(str(summary.get('started', '?')))}, checkpoint {ckpt_path.name}.</p>"
+            + (f"<p>Continue it with <code>{html.escape(summary['resume'])}</code></p>" if summary["resume"] else ""))
+    sections = [("", head), ("Command", f"<pre>{html.escape(summary.get('command') or '(not recorded)')}</pre>"),
+                ("Final metrics", metrics_table(summary, lm))]
+    steps = [("curves", lambda: [("Training curves", curves(history, lm) if history else "<p>No epoch finished.</p>")]),
+             ("test set" if not lm else "samples", lambda: task_sections(ckpt, ckpt_path, summary, data_dir, device, lm))]
+    bar = progress(len(steps), "report", "part")
+    for _, make in steps:
+        sections += make()
+        bar.update(1)
+    bar.close()
+    sections += [("Epochs", epochs_table(history) if history else "<p>None yet.</p>"),
+                 ("Configuration (config.toml)", f"<pre>{html.escape(config)}</pre>")]
+    return html.page(f"torchlab report: {run_dir.name}", sections)
+
+
+def task_sections(ckpt, ckpt_path, summary, data_dir, device, lm) -> list[tuple[str, str]]:
+    """The sections that need the data; without it the page says why they are missing."""
+    try:
+        if lm:
+            cfg = dict(ckpt["train_config"], **({"data_dir": data_dir} if data_dir else {}))
+            return [("Generated samples", lm_samples(ckpt_path, cfg, device))]
+        return classifier_sections(ckpt, summary, data_dir, device)
+    except UserError as e:
+        say(f"warning: report without the test-set sections: {e}")
+        return [("Test set", f'<p class="note">Left out: {html.escape(str(e))}. Point --data-dir at the data.</p>')]
+
+
+def target_path(run_dir: Path, out: str | None) -> Path:
+    """Where to write; an existing file is replaced only when it is an earlier torchlab report."""
+    path = Path(out) if out else run_dir / "report.html"
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a directory", "give a file name, e.g. --out report.html")
+    if path.exists():
+        try:
+            ours = html.GENERATOR in path.read_text(encoding="utf-8", errors="replace")[:600]
+        except OSError:
+            ours = False
+        if not ours:
+            raise UserError(f"--out {path}: exists and is not a torchlab report", "choose another --out")
+    return path
+
+
+def run(args) -> int:
+    run_dir = Path(args.run_dir)
+    if not runinfo.is_run(run_dir):
+        raise UserError(f"{run_dir}: not a run directory (no config.toml with summary.json or last.pt)",
+                        "give a folder written by `torchlab train`; `torchlab runs` lists them")
+    path = target_path(run_dir, args.out)
+    page = build(run_dir, args.data_dir, args.device)
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot write ({e.strerror})", "choose a writable place with --out") from None
+    print(f"report: {path}")
+    if args.open and not webbrowser.open(path.resolve().as_uri()):
+        say(f"no browser found here; open {path} yourself")
+    return 0
