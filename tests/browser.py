@@ -106,7 +106,17 @@ class Browser:
             time.sleep(0.25)
 
     def content(self) -> dict:
+        """{"text": all visible text, "images": [{"src", "loaded", "width", "height"}]}, shadow roots included."""
         return self.evaluate(PAGE_CONTENT)
+
+    def content_when(self, ready, timeout: float = 30) -> dict:
+        """Poll content() until ready(content) holds; returns the last content either way (the test asserts)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            content = self.content()
+            if ready(content) or time.monotonic() > deadline:
+                return content
+            time.sleep(0.25)
 
     def close(self) -> None:
         try:

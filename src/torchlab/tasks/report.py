@@ -160,14 +160,15 @@ def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
     model, vocab = load_model(str(ckpt_path), dev)
     _, splits = split_corpus(LMTrainConfig(**cfg))
     test = splits.test
+    if not test:
+        return "<p>The test split is empty: no prompts to take.</p>"
     words = vocab.level == "word"
     prompt_len, new_len = (12, 30) if words else (40, 120)
+    prompt_len = max(1, min(prompt_len, len(test) // 2))  # a short test text gets short prompts
     rows = []
-    for j, frac in enumerate((0.2, 0.5, 0.8)):
-        start = int(len(test) * frac)
+    for j, frac in enumerate((0.1, 0.5, 0.9)):
+        start = int((len(test) - prompt_len) * frac)
         prompt = test[start:start + prompt_len]
-        if len(prompt) < prompt_len:
-            continue
         truth = test[start + prompt_len:start + prompt_len + new_len]
         new = continue_text(model, vocab.lookup(prompt)[0], new_len, 0.8, 0, j, dev)
         rows.append((vocab.decode(vocab.lookup(prompt)[0]), vocab.decode(new), vocab.decode(vocab.lookup(truth)[0])))
