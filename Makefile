@@ -10,7 +10,7 @@ ARGS ?=
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 export TORCHLAB_DATA ?= $(SHARED_DATA)
 
-.PHONY: run test data clean
+.PHONY: run test data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,18 @@ data: $(STAMP)
 run: data
 	$(BIN)/torchlab train fashion-mnist $(ARGS)
 
-test: $(STAMP)
+# Headless Chromium for the browser tests (TensorBoard and reports): Debian's package when missing.
+# Without apt-get (or a network) those tests are skipped, and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	      || echo "warning: could not install chromium; the browser tests will be skipped"; \
+	  fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchlab import distributed
 from torchlab.errors import UserError
+from torchlab.logger import tracked
 
 
 def pick_device(name: str) -> torch.device:
@@ -231,7 +232,7 @@ def evaluate(
     loss_sum = torch.zeros((), device=rt.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
     with torch.inference_mode():
-        for x, y in batches:
+        for x, y in tracked(batches, "evaluating"):
             logp = predict_logprobs(model, x, rt, tta)
             loss_sum += F.nll_loss(logp, y, reduction="sum")
             confusion += torch.bincount(y * num_classes + logp.argmax(1), minlength=num_classes**2)

@@ -36,6 +36,17 @@ def progress(total: int, desc: str, unit: str = "step", scale: int = 1):
                 disable=True if QUIET else None, dynamic_ncols=True, file=sys.stderr)
 
 
+def tracked(items, desc: str, unit: str = "batch", total: int | None = None):
+    """Yield from `items` with a progress bar (evaluation, decoding, rendering); off when not a terminal."""
+    bar = progress(total if total is not None else len(items) if hasattr(items, "__len__") else None, desc, unit)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
 def new_run_dir(run_dir: str | None, default_name: str, flag: str = "--run-dir", resumable: bool = False) -> Path:
     """Create a run directory; refuse one that already holds files (nothing saved gets overwritten).
 

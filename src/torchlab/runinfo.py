@@ -23,8 +23,9 @@ SHOWN = {"finished": "finished", "early-stopped": "finished", "failed": "failed"
          "max-steps": "interrupted", "interrupted": "interrupted"}
 
 
-def write(run_dir: Path, summary: dict) -> None:
-    """Write summary.json with when, where and how the run was started (kept from the first write)."""
+def write(run_dir: Path, summary: dict) -> dict:
+    """Write summary.json with when, where and how the run was started (kept from the first write); returns
+    what was written."""
     path = Path(run_dir) / "summary.json"
     first = {}
     if path.exists():
@@ -37,6 +38,7 @@ def write(run_dir: Path, summary: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)  # a reader never sees half a file
+    return record
 
 
 def alive(summary: dict) -> bool:

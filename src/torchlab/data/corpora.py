@@ -27,6 +27,7 @@ from pathlib import Path
 from torchlab.data.locate import DatasetFiles, cache_root, local_sources
 from torchlab.data.text import guess_language, read_text
 from torchlab.errors import UserError
+from torchlab.logger import tracked
 
 TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIMEMACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -163,7 +164,7 @@ def poem_text(entry: object) -> str | None:
 def read_poems(files: list[Path]) -> tuple[list[str], int]:
     """(poems, number of malformed entries skipped) from the JSON files."""
     poems, skipped = [], 0
-    for path in files:
+    for path in tracked(files, "reading poems", "file"):
         try:
             entries = json.loads(read_text(path))
         except json.JSONDecodeError as e:

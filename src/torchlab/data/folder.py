@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from torchlab.data.vision import Split, centre_crop
 from torchlab.errors import UserError
+from torchlab.logger import tracked
 
 
 def stored_size(size: int) -> int:
@@ -91,18 +92,17 @@ def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) ->
     if classes is not None and names != classes:
         raise UserError(f"{root}: classes {', '.join(names)} differ from the training classes {', '.join(classes)}",
                         "give every split the same class sub-folders")
+    files = [(label, path) for label, folder in enumerate(folders) for path in image_files(folder)]
     images, labels, skipped = [], [], 0
+    for label, path in tracked(files, f"decoding {root.name}", "img"):
+        x = decode(path, side)
+        if x is None:
+            skipped += 1
+            continue
+        images.append(x)
+        labels.append(label)
     for label, folder in enumerate(folders):
-        count = 0
-        for path in image_files(folder):
-            x = decode(path, side)
-            if x is None:
-                skipped += 1
-                continue
-            images.append(x)
-            labels.append(label)
-            count += 1
-        if count == 0:
+        if label not in labels:
             raise UserError(f"{folder}: class {folder.name!r} holds no images", "add images or remove the folder")
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64)), names, skipped
 

@@ -272,7 +272,7 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
     }
     summary["processes"] = distributed.WORLD.size
     if distributed.WORLD.main:
-        runinfo.write(s.run_dir, summary)
+        summary = runinfo.write(s.run_dir, summary)
     return summary
 
 

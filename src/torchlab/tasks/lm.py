@@ -104,6 +104,7 @@ def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
     """Mean loss over every target of a split (each scored once) and its perplexity."""
     model.eval()
     total, count = torch.zeros((), device=rt.device), torch.zeros((), dtype=torch.long, device=rt.device)
+    bar = progress(sum(len(range(0, block.shape[1] - 1, bptt)) for block in blocks), "evaluating", "window")
     with torch.inference_mode():
         for block in blocks:  # [B, M + 1] streams; each block starts from a zero state
             state = None
@@ -111,6 +112,8 @@ def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
                 loss, state = lm_loss(model, x, y, state, rt, reduction="sum")
                 total += loss
                 count += y.numel()
+                bar.update(1)
+    bar.close()
     distributed.all_sum(total, count)  # every process scored its own streams
     loss = total.item() / int(count)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(count)}
@@ -267,7 +270,7 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
                "history": st.history}
     summary["processes"] = distributed.WORLD.size
     if distributed.WORLD.main:
-        runinfo.write(s.run_dir, summary)
+        summary = runinfo.write(s.run_dir, summary)
     return summary
 
 
