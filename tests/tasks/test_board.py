@@ -67,3 +67,15 @@ def test_tensorboard_shows_the_runs_scalars_and_images_in_chromium(tiny_data, tm
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["tensorboard", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("torchlab: error: tensorboard exited before serving") and "choose another --port" in err

@@ -165,3 +165,41 @@ def test_report_images_load_in_chromium(image_run_copy):
     assert len(content["images"]) == 3
     assert all(img["loaded"] and img["width"] > 100 for img in content["images"]), content["images"]
     assert "Most confidently wrong" in content["text"]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("task", ["mnist", "cifar10", "image-folder"])
+def test_report_for_every_image_task(tmp_path, capsys, task):
+    from tests.conftest import write_cifar
+    from tests.tasks.test_train_more import FOLDER, write_colour_folder
+
+    if task == "image-folder":  # no test/ folder: the run and the report score val/
+        data, flags = write_colour_folder(tmp_path / "colours"), [*FOLDER, "--lr", "1e-4"]
+    elif task == "cifar10":
+        data, flags = write_cifar(tmp_path / "cifar"), ["--device", "cpu", "--batch-size", "20", "--val-size", "20", "--lr", "1e-5"]
+    else:
+        data, flags = write_dataset(tmp_path / "mnist"), [*TINY, "--lr", "1e-5"]
+    assert main(["train", task, "--data-dir", str(data), *flags, "--epochs", "1", "--run-dir", "r"]) == 0
+    assert main(["report", "r"]) == 0
+    text = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    split = summary["scored_split"]
+    assert split == ("val" if task == "image-folder" else "test")
+    assert page.value(f"{split} acc") == summary[f"{split}_acc"]
+    assert f"Confusion matrix ({split} set)" in page.headings and "changed since" not in text
+    check_images(page, 3 if summary[f"{split}_acc"] < 1 else 2)
+
+
+def test_open_uses_the_default_browser_when_there_is_one(image_run_copy, monkeypatch, capsys):
+    import webbrowser
+
+    run, _ = image_run_copy
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    assert main(["report", str(run), "--open"]) == 0
+    assert opened == [(run / "report.html").resolve().as_uri()]
+    monkeypatch.setattr(webbrowser, "open", lambda url: False)
+    capsys.readouterr()
+    assert main(["report", str(run), "--open"]) == 0
+    assert "no browser found here; open" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -42,12 +43,14 @@ def answers(url: str) -> bool:
 def start(logdir: Path, host: str, port: int, wait: float) -> tuple[subprocess.Popen, str]:
     """Start TensorBoard and return (process, address) once it answers; a failure says why in one line."""
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host, "--port", str(port)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a pipe nobody reads would fill and stall it
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://{host}:{port}/"
     deadline = time.monotonic() + wait
     while not answers(url):
         if proc.poll() is not None:
-            last = (proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+            log.seek(0)
+            last = (log.read().strip().splitlines() or ["no output"])[-1]
             raise UserError(f"tensorboard exited before serving ({last})",
                             "pip install tensorboard, or choose another --port")
         if time.monotonic() > deadline:

@@ -58,7 +58,10 @@ def curves(history: list[dict], lm: bool) -> str:
     if lm:
         axes[1].set_yscale("log")
     for ax in axes:
-        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
+        if len(epochs) <= 12:  # epochs are whole numbers
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -143,7 +146,7 @@ def wrong_gallery(data, probs: torch.Tensor, classes: list[str], ckpt: dict) -> 
     for ax, i in zip(axes.flat, order.tolist()):
         img = data.images[i].permute(1, 2, 0).numpy()  # CHW -> HWC for imshow
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
-        ax.set_title(f"true {classes[data.labels[i]]}\npred {classes[pred[i]]} {conf[i]:.0%}", fontsize=7)
+        ax.set_title(f"true {classes[data.labels[i]]}\npred {classes[pred[i]]} {conf[i]:.1%}", fontsize=7)
     fig.tight_layout()
     return (f"<p>{len(wrong):,} of {len(data):,} images are wrong; the {len(order)} the model was surest of:</p>"
             + html.image(html.figure_uri(fig), "confidently wrong test images"))
@@ -168,6 +171,8 @@ def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
     rows = []
     for j, frac in enumerate((0.1, 0.5, 0.9)):
         start = int((len(test) - prompt_len) * frac)
+        if not words:  # begin at a word: just after the next space, if one is near
+            start += next((k + 1 for k in range(20) if start + k < len(test) - prompt_len and test[start + k].isspace()), 0)
         prompt = test[start:start + prompt_len]
         truth = test[start + prompt_len:start + prompt_len + new_len]
         new = continue_text(model, vocab.lookup(prompt)[0], new_len, 0.8, 0, j, dev)
