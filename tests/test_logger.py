@@ -18,6 +18,7 @@ class Terminal(io.StringIO):
 def test_bars_draw_on_a_terminal(monkeypatch):
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(logger, "QUIET", False)  # whatever an earlier `main([... "--quiet"])` left
     assert list(logger.tracked(range(5), "evaluating")) == [0, 1, 2, 3, 4]
     assert "evaluating" in term.getvalue() and "0/5" in term.getvalue()  # drawn, then cleared (leave=False)
 
