@@ -117,3 +117,29 @@ def test_on_log_every_n_steps():
     train_one_epoch(model, [batch(4, s) for s in range(7)], opt, None, CPU, log_every=3,
                     on_log=lambda step, loss, lr, images: seen.append((step, lr, images)))
     assert seen == [(3, 0.01, 12), (6, 0.01, 24)]
+
+
+def test_translate_matches_torchvision_edge_padding_and_crop():
+    from torchvision.transforms.v2 import functional as TF
+
+    from torchlab.engine import translate
+
+    x = torch.randn(3, 2, 9, 7)
+    for dy, dx in ((1, 1), (-1, -1), (2, -1), (0, 3)):
+        p = max(abs(dy), abs(dx))
+        reference = TF.crop(TF.pad(x, [p], padding_mode="edge"), p - dy, p - dx, 9, 7)
+        assert torch.equal(translate(x, dy, dx), reference)
+    assert torch.equal(translate(x, 1, 1)[..., 1:, 1:], x[..., :-1, :-1])  # moved down-right by one
+
+
+def test_shift_tta_weighs_the_image_half_and_each_shifted_copy_a_quarter():
+    from torchlab.engine import predict_logprobs, translate
+
+    torch.manual_seed(0)
+    model = build_model("vgg-tiny", VGGConfig(widths=(8, 16))).eval()
+    x, _ = batch(4)
+    p = lambda images: model(images).softmax(1)
+    with torch.inference_mode():
+        expected = p(x) / 2 + (p(translate(x, 1, 1)) + p(translate(x, -1, -1))) / 4
+        assert torch.allclose(predict_logprobs(model, x, CPU, shift=1).exp(), expected, atol=1e-6)
+        assert torch.allclose(predict_logprobs(model, x, CPU).exp(), p(x), atol=1e-6)

@@ -183,9 +183,10 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<10} {'params':>9} {'MACs/image':>12}  description (for 1x28x28 inputs, 10 classes)")
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'model':<{w}} {'params':>9} {'MACs/image':>12}  description (for 1x28x28 inputs, 10 classes)")
     for r in rows:
-        print(f"{r['name']:<10} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
+        print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
     return 0
 
 

@@ -207,13 +207,32 @@ def check_finite(pending: list, first_step: int) -> float:
     return float(losses[-1])
 
 
-def predict_logprobs(model: nn.Module, x: torch.Tensor, rt: Runtime, tta: bool = False) -> torch.Tensor:
-    """Log-probabilities [B, classes]; with `tta`, averaged with the mirrored image's."""
-    with rt.autocast():
-        probs = model(rt.prepare(x)).float().softmax(1)
-        if tta:
-            probs = (probs + model(rt.prepare(x.flip(3))).float().softmax(1)) / 2
-    return probs.clamp_min(1e-12).log()
+def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Images [B, C, H, W] moved down by dy and right by dx pixels (negative: up, left); edges repeat."""
+    p = max(abs(dy), abs(dx))
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (p, p, p, p), mode="replicate")  # [B, C, H + 2p, W + 2p]
+    return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def predict_logprobs(model: nn.Module, x: torch.Tensor, rt: Runtime, tta: bool = False, shift: int = 0) -> torch.Tensor:
+    """Log-probabilities [B, classes].
+
+    With `tta`, each prediction is averaged with that of the mirrored image. With
+    `shift`, the image itself then counts for half, and its copies moved `shift`
+    pixels down-right and up-left a quarter each (as airbench's test-time augmentation).
+    """
+    def probs(images):
+        with rt.autocast():
+            p = model(rt.prepare(images)).float().softmax(1)
+            if tta:
+                p = (p + model(rt.prepare(images.flip(3))).float().softmax(1)) / 2
+        return p
+
+    p = probs(x)
+    if shift:
+        p = p / 2 + (probs(translate(x, shift, shift)) + probs(translate(x, -shift, -shift))) / 4
+    return p.clamp_min(1e-12).log()
 
 
 def evaluate(
@@ -222,6 +241,7 @@ def evaluate(
     rt: Runtime,
     num_classes: int,
     tta: bool = False,
+    shift: int = 0,
 ) -> dict:
     """Score every sample of `batches` once; returns {"loss", "acc", "count", "confusion"}.
 
@@ -233,7 +253,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
     with torch.inference_mode():
         for x, y in tracked(batches, "evaluating"):
-            logp = predict_logprobs(model, x, rt, tta)
+            logp = predict_logprobs(model, x, rt, tta, shift)
             loss_sum += F.nll_loss(logp, y, reduction="sum")
             confusion += torch.bincount(y * num_classes + logp.argmax(1), minlength=num_classes**2)
     distributed.all_sum(loss_sum, confusion)  # each process scored its own share of the split

@@ -23,6 +23,8 @@ MODELS: dict[str, ModelEntry] = {
     "notes-cnn": ModelEntry(NotesCNNConfig, NotesCNN, {}, "the notes' network: conv5x5, conv3x3, ReLU, pool, linear"),
     "vgg-small": ModelEntry(VGGConfig, VGGNet, {}, "3 stages of 2x conv3x3-BN-ReLU (32/64/128), global pool"),
     "vgg-tiny": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64)}, "vgg-small at half the width (16/32/64)"),
+    "vgg-tiny-lean": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64), "convs_per_stage": (1, 2, 2), "dropout": 0.0},
+                                "vgg-tiny with one conv at full resolution, no dropout: for 2-epoch runs"),
     "vgg-lean": ModelEntry(VGGConfig, VGGNet, {"convs_per_stage": (1, 2, 2)},
                            "vgg-small with one conv at full resolution: 3/4 of its multiply-adds"),
 }

@@ -191,7 +191,7 @@ def end_epoch(s: Session, metrics: dict, complete: bool = True) -> bool:
               "images_per_second": metrics["images"] / max(metrics["seconds"], 1e-9)}
     for name, loader in (("val", s.data.val), ("test", s.data.test if cfg.test_every_epoch else None)):
         if loader is not None:
-            result = evaluate(s.scored, loader.epoch(), s.rt, len(s.data.info.classes), cfg.tta)
+            result = evaluate(s.scored, loader.epoch(), s.rt, len(s.data.info.classes), cfg.tta, cfg.tta_shift)
             record[f"{name}_loss"], record[f"{name}_acc"] = result["loss"], result["acc"]
             s.writer.add_scalar(f"{name}/loss", result["loss"], step)
             s.writer.add_scalar(f"{name}/acc", result["acc"], step)
@@ -290,7 +290,7 @@ def finish(s: Session, status: str) -> dict:
         scored = f"best epoch {s.state.best_epoch}"
     split, loader = ("test", s.data.test) if s.data.test is not None else ("val", s.data.val)
     classes = s.data.info.classes
-    result = evaluate(s.model, loader.epoch(), s.rt, len(classes), s.cfg.tta)
+    result = evaluate(s.model, loader.epoch(), s.rt, len(classes), s.cfg.tta, s.cfg.tta_shift)
     fig = confusion_figure(result["confusion"], classes, f"{s.cfg.task} {split}, {scored}") \
         if distributed.WORLD.main else None
     if fig is not None:

@@ -155,7 +155,7 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
     model, rt, split, test, source = scoring_setup(ckpt, data_dir, device_name)
     cfg = ckpt.get("train_config", {})
     loader = eval_loader(test, ckpt["mean"], ckpt["std"], rt.device, batch_size)
-    result = evaluate(model, loader.epoch(), rt, len(ckpt["classes"]), cfg.get("tta", False))
+    result = evaluate(model, loader.epoch(), rt, len(ckpt["classes"]), cfg.get("tta", False), cfg.get("tta_shift", 0))
     path = Path(ckpt["path"])
     png = Path(out) if out else path.with_name(f"{path.stem}-confusion.png")
     try:

@@ -105,9 +105,9 @@ def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device:
 
     model, rt, split, data, _ = scoring_setup(ckpt, data_dir, device)
     model.eval()
-    tta = ckpt.get("train_config", {}).get("tta", False)
+    cfg = ckpt.get("train_config", {})
     with torch.inference_mode():  # [N, K] probabilities, in split order
-        probs = torch.cat([predict_logprobs(model, x, rt, tta).exp().cpu()
+        probs = torch.cat([predict_logprobs(model, x, rt, cfg.get("tta", False), cfg.get("tta_shift", 0)).exp().cpu()
                            for x, _ in eval_loader(data, ckpt["mean"], ckpt["std"], rt.device, 500).epoch()])
     classes = list(ckpt["classes"])
     pred = probs.argmax(1)
