@@ -135,6 +135,18 @@ def test_report_refuses_to_overwrite_a_file_it_did_not_write(image_run_copy, cap
     assert main(["report", str(run)]) == 0 and main(["report", str(run)]) == 0  # its own page is replaced
 
 
+def test_report_on_a_run_that_failed_before_its_first_checkpoint(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data")
+    assert main(["train", "fashion-mnist", "--data-dir", str(data), *TINY, "--run-dir", "r", "--optimizer", "sgd",
+                 "--lr", "1e30", "--momentum", "0"]) == 2
+    assert not (tmp_path / "r" / "last.pt").exists()
+    assert main(["report", "r"]) == 0
+    text = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    assert "<b>failed</b>" in text and "loss became" in text and "checkpoint none" in text
+    assert "Configuration (config.toml)" in page.headings and not page.images
+
+
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

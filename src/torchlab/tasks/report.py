@@ -172,7 +172,8 @@ def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
     for j, frac in enumerate((0.1, 0.5, 0.9)):
         start = int((len(test) - prompt_len) * frac)
         if not words:  # begin at a word: just after the next space, if one is near
-            start += next((k + 1 for k in range(20) if start + k < len(test) - prompt_len and test[start + k].isspace()), 0)
+            spaces = [k for k in range(start, min(start + 20, len(test) - prompt_len)) if test[k].isspace()]
+            start = spaces[0] + 1 if spaces else start
         prompt = test[start:start + prompt_len]
         truth = test[start + prompt_len:start + prompt_len + new_len]
         new = continue_text(model, vocab.lookup(prompt)[0], new_len, 0.8, 0, j, dev)
@@ -184,28 +185,28 @@ def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
 
 
 def build(run_dir: Path, data_dir: str | None, device: str) -> str:
-    """The whole page for one run."""
+    """The whole page for one run (a run that failed before its first checkpoint gets one without the model)."""
     summary = runinfo.read(run_dir)
-    ckpt_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    ckpt = checkpoint.load(ckpt_path)
-    lm = ckpt["task"] == "lm"
-    history = summary.get("history") or ckpt["state"].get("history", [])
-    config = (run_dir / "config.toml").read_text(encoding="utf-8")
+    ckpt_path = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).exists()), None)
+    ckpt = checkpoint.load(ckpt_path) if ckpt_path else None
+    lm = summary.get("task") == "lm"
+    history = summary.get("history") or (ckpt["state"].get("history", []) if ckpt else [])
     name = f"{summary.get('cell')} language model on {summary.get('corpus')}" if lm else \
-        f"{ckpt['model_name']} on {ckpt['task']}"
+        f"{summary.get('model')} on {summary.get('task')}"
     how = "" if summary["shown"] == summary.get("status") else f" ({summary.get('status')})"
-    head = (f"<p>{html.escape(name)}: <b>{summary['shown']}</b>{html.escape(how)}, "
-            f"started {html.escape(str(summary.get('started', '?')))}, checkpoint {ckpt_path.name}.</p>"
+    head = (f"<p>{html.escape(name)}: <b>{summary['shown']}</b>{html.escape(how)}, started "
+            f"{html.escape(str(summary.get('started', '?')))}, checkpoint {ckpt_path.name if ckpt else 'none'}.</p>"
+            + (f'<p class="note">{html.escape(summary["error"])}</p>' if summary.get("error") else "")
             + (f"<p>Continue it with <code>{html.escape(summary['resume'])}</code></p>" if summary["resume"] else ""))
+    bar = progress(2, "report", "part")
     sections = [("", head), ("Command", f"<pre>{html.escape(summary.get('command') or '(not recorded)')}</pre>"),
-                ("Final metrics", metrics_table(summary, lm))]
-    steps = [("curves", lambda: [("Training curves", curves(history, lm) if history else "<p>No epoch finished.</p>")]),
-             ("test set" if not lm else "samples", lambda: task_sections(ckpt, ckpt_path, summary, data_dir, device, lm))]
-    bar = progress(len(steps), "report", "part")
-    for _, make in steps:
-        sections += make()
-        bar.update(1)
+                ("Final metrics", metrics_table(summary, lm)),
+                ("Training curves", curves(history, lm) if history else "<p>No epoch finished.</p>")]
+    bar.update(1)
+    sections += task_sections(ckpt, ckpt_path, summary, data_dir, device, lm) if ckpt else []
+    bar.update(1)
     bar.close()
+    config = (run_dir / "config.toml").read_text(encoding="utf-8")
     sections += [("Epochs", epochs_table(history) if history else "<p>None yet.</p>"),
                  ("Configuration (config.toml)", f"<pre>{html.escape(config)}</pre>")]
     return html.page(f"torchlab report: {run_dir.name}", sections)
