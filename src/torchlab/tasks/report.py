@@ -50,7 +50,8 @@ def curves(history: list[dict], lm: bool) -> str:
         losses = [h.get(f"{split}_loss") for h in history]
         if any(v is not None for v in losses):
             axes[0].plot(epochs, losses, marker="o", label=split)
-        values = [math.exp(h["train_loss"]) if lm and split == "train" else h.get(f"{split}_{metric}") for h in history]
+        values = [math.exp(min(h["train_loss"], 50.0)) if lm and split == "train" else h.get(f"{split}_{metric}")
+                  for h in history]  # train perplexity from the loss, capped as evaluate_lm caps it
         if any(v is not None for v in values):
             axes[1].plot(epochs, values, marker="o", label=split)
     axes[0].set_title("loss (mean per " + ("token)" if lm else "image)"))
