@@ -94,9 +94,24 @@ def notes_pipeline(root: Path, epochs: int, seed: int, device: str = "cpu") -> l
         with torch.no_grad():
             notes_acc = np.mean([(model(x.to(device)).argmax(1).cpu() == y).float().mean().item()
                                  for x, y in notes_test_loader])
-            correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in whole_test_loader)
-        rows.append({"epoch": epoch + 1, "seconds": seconds, "acc": correct / len(test_set), "notes_acc": notes_acc,
+            acc = whole_test_accuracy(model, whole_test_loader, device)
+        rows.append({"epoch": epoch + 1, "seconds": seconds, "acc": acc, "notes_acc": notes_acc,
                      "scored": len(notes_test_loader) * 64})
+    return rows
+
+
+def whole_test_accuracy(model, loader: DataLoader, device: str) -> float:
+    """Share of the loader's whole dataset that the model classifies right (call under no_grad, in eval mode)."""
+    correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in loader)
+    return correct / len(loader.dataset)
+
+
+def epoch_rows(summary: dict) -> list[dict]:
+    """Per-epoch training seconds and test accuracy from a `torchlab train --test-every-epoch --json` summary."""
+    rows, previous = [], 0.0
+    for h in summary["history"]:
+        rows.append({"epoch": h["epoch"], "seconds": h["train_seconds"] - previous, "acc": h["test_acc"]})
+        previous = h["train_seconds"]
     return rows
 
 
@@ -106,12 +121,7 @@ def torchlab_pipeline(data_dir: str, epochs: int, seed: int, extra: list[str], d
                              "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3", "--val-size", "0",
                              "--test-every-epoch", "--seed", str(seed), "--data-dir", data_dir,
                              "--run-dir", str(run_dir), "--device", device, *extra])
-    history, previous, rows = summary["history"], 0.0, []
-    for h in history:
-        rows.append({"epoch": h["epoch"], "seconds": h["train_seconds"] - previous, "acc": h["test_acc"],
-                     "notes_acc": None, "scored": 10000})
-        previous = h["train_seconds"]
-    return rows
+    return [row | {"notes_acc": None, "scored": 10000} for row in epoch_rows(summary)]
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from torch import nn, optim
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from notes_vs_torchlab import NotesNet, notes_pipeline, torchvision_root
+from notes_vs_torchlab import NotesNet, epoch_rows, notes_pipeline, torchvision_root, whole_test_accuracy
 from run_cli import torchlab_json
 from torchlab.config import FAST, FAST_TARGETS
 from torchlab.models.registry import build_model, count_macs, model_config
@@ -106,9 +106,9 @@ def examples_recipe(root: Path, epochs: int, seed: int, device: str) -> list[dic
         seconds = time.perf_counter() - tic
         model.eval()
         with torch.no_grad():
-            correct = sum((model(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in test_loader)
+            acc = whole_test_accuracy(model, test_loader, device)
         scheduler.step()
-        rows.append({"epoch": epoch + 1, "seconds": seconds, "acc": correct / 10000})
+        rows.append({"epoch": epoch + 1, "seconds": seconds, "acc": acc})
     return rows
 
 
@@ -116,11 +116,7 @@ def torchlab_run(data_dir: str, device: str, flags: list[str]) -> list[dict]:
     run_dir = Path(tempfile.mkdtemp()) / "run"
     s = torchlab_json(["train", "fashion-mnist", "--val-size", "0", "--test-every-epoch", "--data-dir", data_dir,
                        "--device", device, "--run-dir", str(run_dir), *flags])
-    rows, previous = [], 0.0
-    for h in s["history"]:
-        rows.append({"epoch": h["epoch"], "seconds": h["train_seconds"] - previous, "acc": h["test_acc"]})
-        previous = h["train_seconds"]
-    return rows
+    return epoch_rows(s)
 
 
 def macs_of(name: str) -> int:
