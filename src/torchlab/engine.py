@@ -242,29 +242,38 @@ def evaluate(
     num_classes: int,
     tta: bool = False,
     shift: int = 0,
+    keep: bool = False,
 ) -> dict:
     """Score every sample of `batches` once; returns {"loss", "acc", "count", "confusion"}.
 
-    `confusion[i, j]` counts samples of true class i predicted as class j.
+    `confusion[i, j]` counts samples of true class i predicted as class j. With
+    `keep`, "logprobs" [N, classes] (on the CPU, in batch order) holds every
+    prediction this process made, for reports that look at single samples.
     """
     model.eval()
     distributed.sync_buffers(model)
     loss_sum = torch.zeros((), device=rt.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
+    kept = []
     with torch.inference_mode():
         for x, y in tracked(batches, "evaluating"):
             logp = predict_logprobs(model, x, rt, tta, shift)
             loss_sum += F.nll_loss(logp, y, reduction="sum")
             confusion += torch.bincount(y * num_classes + logp.argmax(1), minlength=num_classes**2)
+            if keep:
+                kept.append(logp.cpu())
     distributed.all_sum(loss_sum, confusion)  # each process scored its own share of the split
     confusion = confusion.view(num_classes, num_classes).cpu()
     count = int(confusion.sum())
-    return {
+    result = {
         "loss": loss_sum.item() / max(count, 1),
         "acc": confusion.diag().sum().item() / max(count, 1),
         "count": count,
         "confusion": confusion,
     }
+    if keep:
+        result["logprobs"] = torch.cat(kept) if kept else torch.zeros(0, num_classes)
+    return result
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:

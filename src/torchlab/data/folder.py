@@ -101,8 +101,9 @@ def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) ->
             continue
         images.append(x)
         labels.append(label)
+    found = set(labels)
     for label, folder in enumerate(folders):
-        if label not in labels:
+        if label not in found:
             raise UserError(f"{folder}: class {folder.name!r} holds no images", "add images or remove the folder")
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64)), names, skipped
 

@@ -305,6 +305,11 @@ def batchify_eval(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [main, ids[b * m :].unsqueeze(0)] if r else [main]
 
 
+def window_starts(length: int, bptt: int, offset: int = 0) -> range:
+    """Where the windows over streams of `length` tokens start; len() of it counts them."""
+    return range(offset, length - 1, bptt)
+
+
 def windows(streams: torch.Tensor, bptt: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Successive (x [B, T], y [B, T]) windows over streams [B, L], y = x shifted by one token.
 
@@ -316,6 +321,6 @@ def windows(streams: torch.Tensor, bptt: int, offset: int = 0) -> Iterator[tuple
     if bptt < 1 or not 0 <= offset < bptt:
         raise ValueError(f"need bptt >= 1 and 0 <= offset < bptt, got bptt={bptt}, offset={offset}")
     length = streams.shape[1]
-    for start in range(offset, length - 1, bptt):
+    for start in window_starts(length, bptt, offset):
         t = min(bptt, length - 1 - start)
         yield streams[:, start : start + t], streams[:, start + 1 : start + 1 + t]

@@ -25,7 +25,8 @@ from torchlab import checkpoint as ckpt_io
 from torchlab import distributed, runinfo
 from torchlab.config import LMTrainConfig
 from torchlab.data.corpora import load_corpus
-from torchlab.data.text import Vocab, batchify, batchify_eval, split_documents, tokenize, windows
+from torchlab.data.text import (Vocab, batchify, batchify_eval, split_documents, tokenize, window_starts,
+                                windows)
 from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, pick_device, weight_average
 from torchlab.errors import Interrupted, UserError
 from torchlab.logger import Nothing, open_writer, progress, say
@@ -104,7 +105,7 @@ def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
     """Mean loss over every target of a split (each scored once) and its perplexity."""
     model.eval()
     total, count = torch.zeros((), device=rt.device), torch.zeros((), dtype=torch.long, device=rt.device)
-    bar = progress(sum(len(range(0, block.shape[1] - 1, bptt)) for block in blocks), "evaluating", "window")
+    bar = progress(sum(len(window_starts(block.shape[1], bptt)) for block in blocks), "evaluating", "window")
     with torch.inference_mode():
         for block in blocks:  # [B, M + 1] streams; each block starts from a zero state
             state = None
@@ -139,8 +140,8 @@ class Session:
         return self.average.module if self.average is not None else self.model
 
     def windows_per_epoch(self, epoch: int) -> int:
-        return len(range(epoch_offset(self.cfg.seed, epoch, self.cfg.bptt), self.data.train.shape[1] - 1,
-                         self.cfg.bptt))
+        offset = epoch_offset(self.cfg.seed, epoch, self.cfg.bptt)
+        return len(window_starts(self.data.train.shape[1], self.cfg.bptt, offset))
 
     def save(self, name: str) -> Path:
         """Every process calls this (it gathers their hidden states and random states); rank 0 writes."""
@@ -263,7 +264,8 @@ def write_summary(s: Session, status: str, extra: dict) -> dict:
     st = s.state
     summary = {"status": status, "run_dir": str(s.run_dir), "task": "lm", "corpus": s.cfg.corpus,
                "level": s.cfg.level, "cell": s.cfg.cell, "impl": s.cfg.impl, "device": str(s.rt.device),
-               "vocab_size": len(s.data.vocab), "tokens": s.data.counts, "epochs": st.epoch, "epochs_planned": s.cfg.epochs, "steps": st.global_step,
+               "vocab_size": len(s.data.vocab), "tokens": s.data.counts, "epochs": st.epoch, "epochs_planned": s.cfg.epochs,
+               "steps": st.global_step,
                "best_val_ppl": st.best_ppl if st.best_epoch else None, "best_epoch": st.best_epoch or None,
                "train_seconds": round(st.train_seconds, 2),
                "tokens_per_second": round(st.tokens_seen / max(st.train_seconds, 1e-9), 1), **extra,
@@ -309,7 +311,7 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(cfg, len(data.vocab)).to(device)
     distributed.spread_seeds()  # the same initial weights everywhere, then each process its own dropout
-    steps = cfg.epochs * len(range(0, data.train.shape[1] - 1, cfg.bptt))
+    steps = cfg.epochs * len(window_starts(data.train.shape[1], cfg.bptt))
     optimizer, scheduler = build_optimizer(cfg, model, steps)
     state, hidden = LMState(), None
     average = weight_average(model, cfg.ema) if cfg.ema else None

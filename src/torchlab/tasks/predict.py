@@ -148,14 +148,22 @@ def scoring_setup(ckpt: dict, data_dir: str | None, device_name: str):
     return model, rt, split, test, info.source
 
 
+def score_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_size: int, keep: bool = False):
+    """Score a checkpoint on the whole test split of its task, with the test-time augmentation it was trained
+    for; returns (engine.evaluate's result, split name, split, source)."""
+    model, rt, split, test, source = scoring_setup(ckpt, data_dir, device_name)
+    cfg = ckpt.get("train_config", {})
+    loader = eval_loader(test, ckpt["mean"], ckpt["std"], rt.device, batch_size)
+    result = evaluate(model, loader.epoch(), rt, len(ckpt["classes"]), cfg.get("tta", False), cfg.get("tta_shift", 0),
+                      keep)
+    return result, split, test, source
+
+
 def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_size: int, out: str | None) -> dict:
     """Score a checkpoint on the whole test split of its task and write the confusion-matrix PNG."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1", "e.g. --batch-size 1000")
-    model, rt, split, test, source = scoring_setup(ckpt, data_dir, device_name)
-    cfg = ckpt.get("train_config", {})
-    loader = eval_loader(test, ckpt["mean"], ckpt["std"], rt.device, batch_size)
-    result = evaluate(model, loader.epoch(), rt, len(ckpt["classes"]), cfg.get("tta", False), cfg.get("tta_shift", 0))
+    result, split, _, source = score_checkpoint(ckpt, data_dir, device_name, batch_size)
     path = Path(ckpt["path"])
     png = Path(out) if out else path.with_name(f"{path.stem}-confusion.png")
     try:

@@ -99,22 +99,15 @@ def epochs_table(history: list[dict]) -> str:
 
 def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device: str) -> list[tuple[str, str]]:
     """Rescore the saved model on the split the run was scored on: confusion, per class, confident mistakes."""
-    from torchlab.data.vision import eval_loader
-    from torchlab.engine import per_class_accuracy, predict_logprobs
+    from torchlab.engine import per_class_accuracy
     from torchlab.logger import confusion_figure
-    from torchlab.tasks.predict import scoring_setup
+    from torchlab.tasks.predict import score_checkpoint
 
-    model, rt, split, data, _ = scoring_setup(ckpt, data_dir, device)
-    model.eval()
-    cfg = ckpt.get("train_config", {})
-    with torch.inference_mode():  # [N, K] probabilities, in split order
-        probs = torch.cat([predict_logprobs(model, x, rt, cfg.get("tta", False), cfg.get("tta_shift", 0)).exp().cpu()
-                           for x, _ in eval_loader(data, ckpt["mean"], ckpt["std"], rt.device, 500).epoch()])
+    batch = ckpt.get("train_config", {}).get("eval_batch_size", 1000)  # as the run scored it
+    result, split, data, _ = score_checkpoint(ckpt, data_dir, device, batch, keep=True)
+    probs = result["logprobs"].exp()  # [N, K], in split order
     classes = list(ckpt["classes"])
-    pred = probs.argmax(1)
-    k = len(classes)
-    confusion = torch.bincount(data.labels * k + pred, minlength=k * k).view(k, k)
-    acc = confusion.diag().sum().item() / len(data)
+    confusion, acc = result["confusion"], result["acc"]
     expected = summary.get(f"{split}_acc")
     check = (f"<p>Rescored here: {acc:.2%} on {len(data):,} images"
              + ("" if expected is None or abs(acc - expected) < 1e-9 else
@@ -127,11 +120,11 @@ def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device:
         (f"Confusion matrix ({split} set)", check + html.image(html.figure_uri(
             confusion_figure(confusion, classes, f"{ckpt['task']} {split}")), "confusion matrix")),
         ("Accuracy per class", html.table(["class", "accuracy", "images"], rows, numeric={1, 2})),
-        ("Most confidently wrong", wrong_gallery(data, probs, classes, ckpt)),
+        ("Most confidently wrong", wrong_gallery(data, probs, classes)),
     ]
 
 
-def wrong_gallery(data, probs: torch.Tensor, classes: list[str], ckpt: dict) -> str:
+def wrong_gallery(data, probs: torch.Tensor, classes: list[str]) -> str:
     """The mistakes made with the highest predicted probability, each titled with its true and predicted class."""
     conf, pred = probs.max(1)
     wrong = (pred != data.labels).nonzero().flatten()
