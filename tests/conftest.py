@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,78 @@ def isolated(tmp_path, monkeypatch):
     spec = vision.DATASETS["fashion-mnist"]  # never pick up a Debian copy installed on this machine
     files = dataclasses.replace(spec.files, debian_dir=str(tmp_path / "no-debian"))
     monkeypatch.setitem(vision.DATASETS, "fashion-mnist", dataclasses.replace(spec, files=files))
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Live (non-zombie) processes below `pid`, by pid -> command line, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid, state = proc_parent(proc)
+        except (OSError, ValueError, IndexError):
+            continue
+        if state != "Z":
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = {}, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        todo.extend(children.get(child, []))
+    return found
+
+
+def proc_parent(proc: Path) -> tuple[int, str]:
+    """(parent pid, state letter) of /proc/PID; the name in parentheses may hold spaces."""
+    fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0]
+
+
+def adopt_orphans() -> None:
+    """Make this process the Linux "subreaper" of everything the tests start: a grandchild whose parent died
+    (a server left behind by a killed command) is re-parented here instead of to init, so it is still found
+    among `descendants` and the test that left it fails."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+if Path("/proc/self/stat").exists():
+    adopt_orphans()
+
+# Python's own helper for `spawn` start methods lives as long as the interpreter that started it.
+LONG_LIVED = ("multiprocessing.resource_tracker",)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Every process a test starts (servers, torchrun workers, browsers) is gone when it ends."""
+    if not Path("/proc/self/stat").exists():
+        yield
+        return
+    before = set(descendants(os.getpid()))
+    yield
+    deadline = time.monotonic() + 10  # a stopped server may need a moment to exit
+    while True:
+        left = {pid: cmd for pid, cmd in descendants(os.getpid()).items()
+                if pid not in before and not any(name in cmd for name in LONG_LIVED)}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"the test left processes running: {left}"
 
 
 @pytest.fixture

@@ -34,6 +34,15 @@ def torchrun(args: list[str], n: int = 2, wait: bool = True, timeout: float = 12
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# Weight comparisons between process counts train with plain SGD. The processes sum the same gradients in
+# another order, so each step's gradient differs by float rounding, about n * 6e-8 of the sum of |terms| over
+# n <= 50 images: ~1e-6 of a gradient. SGD's update is linear in the gradient, so after k steps at lr the
+# weights differ by about k * lr * 1e-6 * |g| (measured: 3e-7 after 14 steps), far below atol 1e-5. Adam would
+# not do: it divides by sqrt(v), so a weight whose gradient is nearly zero turns rounding noise into a full
+# step of size lr (measured: 4e-5 apart after the same 14 steps, different on each CPU).
+SGD = ["--optimizer", "sgd", "--lr", "0.05"]
+
+
 def assert_close_weights(a: dict, b: dict, atol: float = 1e-5):
     assert a.keys() == b.keys()
     for k in a:
@@ -67,7 +76,7 @@ def odd_data(tmp_path):
 
 
 def test_two_processes_match_one_and_score_every_test_image_once(odd_data, tmp_path, capsys):
-    args = ["train", "fashion-mnist", "--data-dir", str(odd_data), *TINY, "--val-size", "51", "--epochs", "2"]
+    args = ["train", "fashion-mnist", "--data-dir", str(odd_data), *TINY, *SGD, "--val-size", "51", "--epochs", "2"]
     one = run_json([*args, "--run-dir", "one"], capsys)
     done = torchrun([*args, "--run-dir", "two", "--json"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -86,10 +95,10 @@ def test_a_checkpoint_moves_between_process_counts(task, tiny_data, tmp_path, ca
     if task == "lm":
         text = tmp_path / "t.txt"
         text.write_text("the time traveller spoke to us of the fourth dimension. " * 30)
-        args = ["train", "lm", "--corpus", str(text), *LM_TINY, "--epochs", "2"]
+        args = ["train", "lm", "--corpus", str(text), *LM_TINY, *SGD, "--epochs", "2"]
         steps = "9"  # mid-epoch: the hidden state of both processes' streams is saved and split again
     else:
-        args = ["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--epochs", "2"]
+        args = ["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, *SGD, "--epochs", "2"]
         steps = "5"
     straight = run_json([*args, "--run-dir", "straight"], capsys)
     done = torchrun([*args, "--run-dir", "two-then-one", "--max-steps", steps])  # 2 processes, then 1

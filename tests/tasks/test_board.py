@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,52 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
         assert main(["tensorboard", str(tmp_path), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("torchlab: error: tensorboard exited before serving") and "choose another --port" in err
+
+
+def serving(tmp_path) -> tuple[subprocess.Popen, int]:
+    """`torchlab tensorboard` in a child process, once it prints its address; returns it and its server's pid."""
+    from tests.conftest import descendants
+
+    proc = subprocess.Popen([sys.executable, "-m", "torchlab", "tensorboard", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith(f"TensorBoard on {tmp_path}: http://127.0.0.1:"), proc.stderr.read()
+    servers = [pid for pid, cmd in descendants(proc.pid).items() if "tensorboard.main" in cmd]
+    assert len(servers) == 1
+    return proc, servers[0]
+
+
+def gone(pid: int, within: float = 15) -> bool:
+    """Whether process `pid` has ended (or become a zombie) within `within` seconds."""
+    from tests.conftest import proc_parent
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if proc_parent(Path("/proc") / str(pid))[1] == "Z":
+                return True
+        except (OSError, ValueError, IndexError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="follows the server process through /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_tensorboard_too(tmp_path, sig):
+    proc, server = serving(tmp_path)
+    proc.send_signal(sig)
+    assert proc.wait(20) == 0  # a clean stop, not a death by signal
+    assert gone(server), "the TensorBoard server outlived `torchlab tensorboard`"
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child dies with its parent through Linux's prctl")
+def test_a_killed_torchlab_takes_its_server_with_it(tmp_path):
+    proc, server = serving(tmp_path)
+    proc.kill()  # SIGKILL: no Python code runs in torchlab
+    proc.wait(20)
+    assert gone(server), "the TensorBoard server outlived a killed `torchlab tensorboard`"
+    proc.stdout.close()
+    proc.stderr.close()

@@ -2,7 +2,8 @@
 
 A thin convenience over `tensorboard --logdir DIR`: it picks a port nobody
 uses, waits until the server answers, prints the address and keeps serving
-until Ctrl-C (which stops TensorBoard too).
+until Ctrl-C or SIGTERM, either of which stops TensorBoard too (so does SIGKILL
+on Linux: the server is started to die with its parent).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from torchlab import procs
 from torchlab.errors import UserError
 from torchlab.logger import say
 
@@ -40,23 +42,26 @@ def answers(url: str) -> bool:
         return False
 
 
-def start(logdir: Path, host: str, port: int, wait: float) -> tuple[subprocess.Popen, str]:
+def start(logdir: Path, host: str, port: int, wait: float):
     """Start TensorBoard and return (process, address) once it answers; a failure says why in one line."""
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host, "--port", str(port)]
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a pipe nobody reads would fill and stall it
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc = procs.start_child(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://{host}:{port}/"
     deadline = time.monotonic() + wait
-    while not answers(url):
-        if proc.poll() is not None:
-            log.seek(0)
-            last = (log.read().strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"tensorboard exited before serving ({last})",
-                            "pip install tensorboard, or choose another --port")
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise UserError(f"tensorboard did not answer on {url} within {wait:.0f} s", "try a larger --wait")
-        time.sleep(0.3)
+    try:
+        while not answers(url):
+            if proc.poll() is not None:
+                log.seek(0)
+                last = (log.read().strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"tensorboard exited before serving ({last})",
+                                "pip install tensorboard, or choose another --port")
+            if time.monotonic() > deadline:
+                raise UserError(f"tensorboard did not answer on {url} within {wait:.0f} s", "try a larger --wait")
+            time.sleep(0.3)
+    except BaseException:  # an error, Ctrl-C or SIGTERM while waiting: the server goes too
+        procs.stop(proc)
+        raise
     return proc, url
 
 
@@ -67,17 +72,15 @@ def run(args) -> int:
     if not 0 <= args.port < 65536:
         raise UserError(f"--port {args.port}: not a port", "use 1-65535, or leave it out for a free one")
     port = args.port or free_port(args.host)
-    proc, url = start(logdir, args.host, port, args.wait)
-    print(f"TensorBoard on {logdir}: {url}", flush=True)
-    say("Ctrl-C stops it")
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with procs.terminate_raises():  # SIGTERM stops TensorBoard as Ctrl-C does
+        proc = None
+        try:
+            proc, url = start(logdir, args.host, port, args.wait)
+            print(f"TensorBoard on {logdir}: {url}", flush=True)
+            say("Ctrl-C stops it")
+            return proc.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            if proc is not None:
+                procs.stop(proc)
