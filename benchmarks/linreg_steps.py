@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from torchlab.engine import pick_device
+from torchlab.runtime import pick_device
 from torchlab.tasks.linreg import fit_manual, fit_module, make_problem
 
 SLOPE, INTERCEPT = 3.0, 0.8

@@ -16,11 +16,27 @@ from torchlab.data.idx import write_idx
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def machine_rates(tmp_path_factory) -> bytes:
+    """This machine's matmul rates (hardware.rates), measured once per session into a cache file of its own;
+    returns that file's bytes, which every test starts from, so that no test pays seconds to measure them."""
+    from torchlab import hardware
+
+    folder = tmp_path_factory.mktemp("session-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(folder))
+        hardware.rates(torch.device("cpu"))
+        return hardware.cache_file().read_bytes()
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test downloads, reads the user's cache or $TORCHLAB_DATA, or writes outside tmp_path."""
+def isolated(tmp_path, monkeypatch, machine_rates):
+    """No test downloads, reads the user's cache or $TORCHLAB_DATA, or writes outside tmp_path. Each one
+    starts with a cache holding only this machine's measured rates (tests of the cache remove it)."""
     monkeypatch.setenv("TORCHLAB_OFFLINE", "1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "torchlab").mkdir(parents=True)
+    (tmp_path / "cache" / "torchlab" / "runtime.json").write_bytes(machine_rates)
     monkeypatch.delenv("TORCHLAB_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     from torchlab.data import vision
@@ -100,6 +116,18 @@ def no_process_left_behind():
         except OSError:
             pass
     assert not left, f"the test left processes running: {left}"
+
+
+@pytest.fixture
+def native_bf16():
+    """Skips a test that needs bf16 arithmetic in hardware (AVX512-BF16, AMX) where the CPU emulates it."""
+    from torchlab import hardware
+
+    rates = hardware.rates(torch.device("cpu"))
+    fp32, bf16 = rates["matmul fp32"], rates["matmul bf16"]
+    if bf16 < fp32:
+        pytest.skip(f"needs native bf16: this CPU emulates it (bf16 matmul {bf16:.1f} GFLOP/s against {fp32:.1f} "
+                    "in fp32)")
 
 
 @pytest.fixture

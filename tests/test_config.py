@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from torchlab.config import FAST, FAST_TARGETS, RECIPES, TrainConfig, resolve, save_toml
-from torchlab.engine import Runtime
 from torchlab.errors import UserError
 
 
@@ -55,34 +54,27 @@ def test_saved_toml_replays_the_config(tmp_path):
     assert resolve({}, str(tmp_path / "c.toml")) == cfg
 
 
-@pytest.mark.parametrize("device, available, kind", [("cpu", True, "cpu"), ("cuda", False, "cuda"),
-                                                    ("auto", True, "cuda"), ("auto", False, "cpu")])
-def test_fast_recipe_takes_the_settings_of_the_device(monkeypatch, device, available, kind):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+@pytest.mark.parametrize("device, cuda, speedup, kind", [
+    ("cpu", True, 0.01, "cpu"), ("cpu", False, 2.0, "cpu-bf16"), ("cuda", True, 0.01, "gpu"),
+    ("auto", True, 0.01, "gpu"), ("auto", False, 0.01, "cpu"), ("auto", False, 1.9, "cpu-bf16"),
+])
+def test_fast_recipe_takes_the_table_of_the_device(monkeypatch, device, cuda, speedup, kind):
+    """The table follows the device and, on the CPU, the measured bf16 rate (stubbed here), never CPU flags."""
+    from torchlab import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda device, measure=True: speedup)
     for target in (91, 93, 94):
         cfg = resolve({"task": "fashion-mnist", "recipe": "fast", "device": device, "target": target})
-        for key, value in {**FAST[kind], **FAST_TARGETS[kind][target]}.items():
+        for key, value in {**FAST, **FAST_TARGETS[kind][target]}.items():
             assert getattr(cfg, key) == value, (target, key)
+        # No recipe fixes a device setting: each is measured on the machine.
+        assert (cfg.precision, cfg.channels_last, cfg.compile, cfg.threads) == ("auto", "auto", "auto", 0)
     assert resolve({"task": "fashion-mnist", "recipe": "fast", "device": device}).target == 94
     assert resolve({"task": "fashion-mnist", "recipe": "fast", "device": device, "epochs": 2}).epochs == 2  # flags win
 
 
-def test_fast_recipe_hardware_settings_are_what_the_benchmark_measured():
-    """benchmarks/time_to_accuracy.py records which precision, layout and compile setting won on each device."""
-    for kind in ("cpu", "cuda"):
-        path = Path(__file__).parents[1] / "benchmarks" / "recorded" / f"choices-{kind}.json"
-        if not path.exists():
-            assert kind == "cuda", "the CPU choices must be on record"
-            continue
-        chosen = json.loads(path.read_text())
-        assert (FAST[kind]["channels_last"], FAST[kind]["compile"]) == (chosen["channels_last"], chosen["compile"])
-        # "auto" precision is bf16 exactly where bf16 is native, as it was on the machine that measured it.
-        assert FAST[kind]["precision"] in ("auto", chosen["precision"])
-        if FAST[kind]["precision"] == "auto":
-            assert chosen["precision"] == ("bf16" if chosen["native_bf16"] else "fp32")
-
-
-@pytest.mark.parametrize("device, setting, expected", [("cpu", "auto", False), ("cuda", "auto", True),
-                                                       ("cpu", "on", True), ("cuda", "off", False)])
-def test_compile_auto_is_on_for_cuda_only(device, setting, expected):
-    assert Runtime.choose(torch.device(device), "fp32", "auto", setting).compile is expected
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_no_recipe_forces_a_device_setting(recipe):
+    cfg = resolve({"recipe": recipe, "device": "cpu"})
+    assert (cfg.precision, cfg.channels_last, cfg.compile, cfg.threads) == ("auto", "auto", "auto", 0)

@@ -165,7 +165,8 @@ def replica(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     from torchlab import distributed
     from torchlab.data.vision import TensorLoader
-    from torchlab.engine import Runtime, evaluate, train_one_epoch
+    from torchlab.engine import evaluate, train_one_epoch
+    from torchlab.runtime import Runtime
     from torchlab.models.registry import build_model, model_config
 
     cpu = torch.device("cpu")

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, evaluate, per_class_accuracy, train_one_epoch
+from torchlab.engine import NonFiniteLoss, StopFlag, evaluate, per_class_accuracy, train_one_epoch
+from torchlab.runtime import Runtime
 from torchlab.models.cnn import NotesCNNConfig, VGGConfig
 from torchlab.models.registry import build_model
 

@@ -45,7 +45,8 @@ BASICS = (
      "torchlab tensorboard runs"),
 )
 # Settings a resumed run may change: they do not alter the numbers already computed.
-RESUMABLE = {"epochs", "device", "max_steps", "log_every", "eval_batch_size", "data_dir", "test_every_epoch", "patience"}
+RESUMABLE = {"epochs", "device", "threads", "max_steps", "log_every", "eval_batch_size", "data_dir", "test_every_epoch",
+             "patience"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -105,7 +106,7 @@ def resumed_config(ckpt: dict, given: dict):
 def run_task(cfg, resume: dict | None = None, run_dir: Path | None = None) -> dict:
     """Train in this process, or as one of several started by torchrun (see distributed.py)."""
     from torchlab import distributed
-    from torchlab.engine import pick_device
+    from torchlab.runtime import pick_device
 
     with distributed.start(pick_device(cfg.device)) as world:
         if not world.main:
@@ -157,7 +158,7 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from torchlab import checkpoint
-    from torchlab.engine import pick_device
+    from torchlab.runtime import pick_device
     from torchlab.tasks import predict
 
     if args.top_k < 1:
@@ -255,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = subparser(subs, command, help, example)
         task.add_arguments(p)
         p.set_defaults(func=task.run)
+
+    from torchlab import doctor
+
+    p = subparser(subs, "doctor", "what this machine is and what torchlab will do on it: devices, CPU features, "
+                  "measured rates, the settings auto picks and why, datasets, tools",
+                  "torchlab doctor   |   torchlab doctor --json   |   torchlab doctor --measure")
+    doctor.add_arguments(p)
+    p.set_defaults(func=doctor.run)
 
     p = subparser(subs, "models", "list the models with parameter counts and multiply-adds per image", "torchlab models")
     p.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -54,12 +54,14 @@ class TrainConfig:
     tta: bool = opt(False, "average predictions over the image and its mirror when evaluating")
     tta_shift: int = opt(0, "when evaluating, also score each image moved this many pixels diagonally, both "
                             "ways (a quarter of the vote each; 0: off); pays when training shifted the images")
-    precision: str = opt("fp32", "arithmetic for forward passes (bf16 autocast is faster where the hardware has "
-                                 "it, and changes numbers; auto: bf16 where native)", ["fp32", "bf16", "auto"])
-    channels_last: str = opt("auto", "NHWC memory layout for convolutions (auto: on for the CPU and for bf16, "
-                                     "where it measured faster)", ["auto", "on", "off"])
-    compile: str = opt("auto", "torch.compile the model (auto: on for CUDA, off for the CPU, where its compile "
-                               "time measured longer than it saves)", ["auto", "on", "off"])
+    precision: str = opt("auto", "arithmetic for forward passes (bf16 autocast changes numbers; auto: whichever "
+                                 "trains faster here, measured; bf16 is never tried where it is emulated)",
+                         ["fp32", "bf16", "auto"])
+    channels_last: str = opt("auto", "NHWC memory layout for convolutions (auto: whichever trains faster here, "
+                                     "measured)", ["auto", "on", "off"])
+    compile: str = opt("auto", "torch.compile the model (auto: on where it measured faster, compile time "
+                               "included, for runs long enough to win it back)", ["auto", "on", "off"])
+    threads: int = opt(0, "CPU threads (0: auto, the fastest measured here)")
     patience: int = opt(0, "stop after this many epochs without a better val accuracy (0: never)")
     val_size: int = opt(5000, "training images held out for validation (0: none; image-folder: see --val-fraction)")
     val_fraction: float = opt(0.2, "image-folder without a val/ sub-folder: share of each class held out (0: none)")
@@ -108,8 +110,9 @@ class LMTrainConfig:
     momentum: float = opt(0.9, "momentum for sgd (Nesterov)")
     weight_decay: float = opt(0.1, "L2 penalty (decoupled for adamw)")
     schedule: str = opt("cosine", "learning-rate schedule over all steps", ["constant", "cosine", "onecycle"])
-    precision: str = opt("auto", "arithmetic for forward passes (auto: bf16 autocast where the hardware has it "
-                                 "natively, else fp32)", ["fp32", "bf16", "auto"])
+    precision: str = opt("auto", "arithmetic for forward passes (auto: whichever trains faster here, measured; "
+                                 "bf16 is never tried where it is emulated)", ["fp32", "bf16", "auto"])
+    threads: int = opt(0, "CPU threads (0: auto, the fastest measured here)")
     patience: int = opt(0, "stop after this many epochs without a better val perplexity (0: never)")
     seed: int = opt(0, "seed for the split of multi-document corpora, initial weights, window offsets, dropout")
     device: str = opt("auto", "auto picks cuda, then mps, then cpu", ["auto", "cpu", "cuda", "mps"])
@@ -154,40 +157,26 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,  # softer targets generalise a little better
         "augment": True,  # shifts + flips: the main defence against overfitting
         "tta": True,  # flipped copy at test time: +0.2-0.3% for one extra forward pass
-        "precision": "bf16",  # AVX-512 BF16 / tensor cores: ~2x the throughput of fp32
-        "channels_last": "on",  # NHWC lets oneDNN / cuDNN pick faster kernels
+        # precision, layout, compile and threads stay "auto": measured on the machine (runtime.py)
     },
     "fast": {},  # depends on the device: see FAST below
 }
 
-# `--recipe fast`: the least training time to reach `--target` test accuracy on Fashion-MNIST, tuned
-# per device with benchmarks/time_to_accuracy.py. FAST holds what suits the device whatever the target,
-# FAST_TARGETS the network and budget for each target.
-FAST: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "optimizer": "sgd",  # Nesterov SGD + one-cycle: the fastest to converge with batch norm
-        "weight_decay": 5e-4,
-        "schedule": "onecycle",  # short warm-up, then annealing to ~0: the best final accuracy per epoch
-        "label_smoothing": 0.1,  # softer targets generalise a little better
-        "precision": "auto",  # bf16 where native (AVX512-BF16 here: ~2x the fp32 matmul rate)
-        "channels_last": "on",  # NHWC: oneDNN's fastest convolution layout
-        "compile": "off",  # its compile time is not won back within these budgets
-    },
-    "cuda": {
-        "optimizer": "sgd",
-        "weight_decay": 5e-4,
-        "schedule": "onecycle",
-        "label_smoothing": 0.1,
-        "precision": "auto",  # bf16 on tensor cores
-        "channels_last": "on",  # cuDNN's fastest layout for bf16
-        "compile": "on",  # fuses batch norm, ReLU and the elementwise work of each step
-    },
+# `--recipe fast`: the least training time to reach `--target` test accuracy on Fashion-MNIST, tuned with
+# benchmarks/time_to_accuracy.py. FAST holds what every device shares; the device's precision, layout,
+# compile and threads are measured on it (runtime.py). FAST_TARGETS gives the network and budget for each
+# target per kind of device (`device_kind`): what pays with native bf16 differs from what pays in fp32.
+FAST: dict[str, Any] = {
+    "optimizer": "sgd",  # Nesterov SGD + one-cycle: the fastest to converge with batch norm
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",  # short warm-up, then annealing to ~0: the best final accuracy per epoch
+    "label_smoothing": 0.1,  # softer targets generalise a little better
 }
 # Test-time augmentation pays only after training on the same changes: a model that never saw a mirrored
 # or shifted image scores worse on them (vgg-small, 4 clean epochs: 92.96% plain, 92.65% with mirrors).
 CLEAN = {"augment": False, "erase": 0.0, "tta": False, "tta_shift": 0}
 FAST_TARGETS: dict[str, dict[int, dict[str, Any]]] = {
-    "cpu": {
+    "cpu-bf16": {  # CPUs with native bf16 (AVX512-BF16 or AMX), tuned on an AMD EPYC Zen 4
         # Full-resolution convolutions are the slow ones on the CPU (memory-bound): one stage-1 conv at 16
         # channels trains at ~1.4x vgg-tiny's rate, and 2 epochs are too few to need augmentation.
         91: {"model": "vgg-tiny-lean", "epochs": 2, "batch_size": 128, "lr": 0.2, **CLEAN},
@@ -198,7 +187,13 @@ FAST_TARGETS: dict[str, dict[int, dict[str, Any]]] = {
         94: {"model": "vgg-small", "epochs": 15, "batch_size": 256, "lr": 0.2, "augment": True, "erase": 0.25,
              "tta": True, "tta_shift": 1},
     },
-    "cuda": {  # large batches keep the GPU busy; the rate grows with them (not yet measured on a GPU)
+    "cpu": {  # CPUs that compute in fp32 (bf16 emulated), tuned on an AMD EPYC Zen 3 (AVX2)
+        91: {"model": "vgg-tiny-lean", "epochs": 2, "batch_size": 128, "lr": 0.2, **CLEAN},
+        93: {"model": "vgg-lean", "epochs": 6, "batch_size": 256, "lr": 0.2, **CLEAN},
+        94: {"model": "vgg-small", "epochs": 15, "batch_size": 256, "lr": 0.2, "augment": True, "erase": 0.25,
+             "tta": True, "tta_shift": 1},
+    },
+    "gpu": {  # large batches keep a GPU busy; the rate grows with them (not yet measured on a GPU)
         91: {"model": "vgg-tiny", "epochs": 3, "batch_size": 512, "lr": 0.4, **CLEAN},
         93: {"model": "vgg-small", "epochs": 6, "batch_size": 512, "lr": 0.4, **CLEAN},
         94: {"model": "vgg-small", "epochs": 16, "batch_size": 512, "lr": 0.4, "augment": True, "erase": 0.25,
@@ -207,17 +202,25 @@ FAST_TARGETS: dict[str, dict[int, dict[str, Any]]] = {
 }
 
 
+def device_kind(device: str) -> str:
+    """Which FAST_TARGETS table suits `device` (a --device value): "gpu" for CUDA and MPS; for the CPU,
+    "cpu-bf16" where bf16 measured faster than fp32 here (hardware.py), else "cpu"."""
+    import torch
+
+    from torchlab import hardware
+    from torchlab.runtime import pick_device
+
+    picked = pick_device(device)
+    if picked.type != "cpu":
+        return "gpu"
+    return "cpu-bf16" if hardware.bf16_speedup(torch.device("cpu")) > 1 else "cpu"
+
+
 def recipe_values(recipe: str, device: str, target: int = 94) -> dict[str, Any]:
-    """The settings of a recipe; `fast` depends on the device kind (auto: cuda when present, else cpu)
-    and on the accuracy target."""
+    """The settings of a recipe; `fast` depends on the kind of device and on the accuracy target."""
     if recipe != "fast":
         return RECIPES[recipe]
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = "cuda" if device == "cuda" else "cpu"
-    return {**FAST[kind], **FAST_TARGETS[kind][target]}
+    return {**FAST, **FAST_TARGETS[device_kind(device)][target]}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -21,69 +19,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchlab import distributed
-from torchlab.errors import UserError
 from torchlab.logger import tracked
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` takes the first available of cuda, mps, cpu; a named device must be available.
-    Under torchrun each process takes its own GPU, cuda:LOCAL_RANK."""
-    name = distributed.device_for(name)
-    if name.startswith("cuda:"):
-        return torch.device(name)
-    mps = getattr(torch.backends, "mps", None)
-    available = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
-    if name == "auto":
-        return torch.device(next(kind for kind, ok in available.items() if ok))
-    if not available.get(name, False):
-        raise UserError(f"--device {name}: not available on this machine", "use --device auto or --device cpu")
-    return torch.device(name)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 arithmetic is native here, so faster than fp32: CUDA GPUs that support it, and
-    CPUs with AVX512-BF16 or AMX (elsewhere the CPU emulates it, slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, so stay with fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@dataclass
-class Runtime:
-    """How tensors are laid out and computed on one device."""
-
-    device: torch.device
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the training model
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
-    @classmethod
-    def choose(cls, device: torch.device, precision: str, channels_last: str, compile: str = "off") -> "Runtime":
-        """Resolve the "auto" settings per device, as benchmarks/time_to_accuracy.py measured them:
-        NHWC is faster on the CPU (oneDNN) and with bf16 on GPUs; torch.compile pays on CUDA, while on
-        the CPU its compile time outweighs what it saves in a short run. precision "auto" is bf16 where
-        it is native (`native_bf16`), else fp32."""
-        bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
-        auto = device.type == "cpu" or bf16
-        return cls(device, bf16, channels_last == "on" or (channels_last == "auto" and auto),
-                   compile == "on" or (compile == "auto" and device.type == "cuda"))
-
-    def describe(self) -> str:
-        return f"device: {self.device}  precision: {'bf16' if self.bf16 else 'fp32'}  " \
-               f"channels-last: {'on' if self.channels_last else 'off'}  compile: {'on' if self.compile else 'off'}" \
-               + (f"  threads: {torch.get_num_threads()}" if self.device.type == "cpu" else "")
+from torchlab.runtime import Runtime
 
 
 def weight_average(model: torch.nn.Module, decay: float):
@@ -160,13 +97,7 @@ def train_one_epoch(
         if distributed.should_stop(stop, global_step, rt.device) or (max_steps and global_step >= max_steps):
             stopped = True
             break
-        x = rt.prepare(x)
-        with rt.autocast():
-            logits = model(x)  # [B, classes]
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = train_step(model, x, y, optimizer, rt, label_smoothing)
         if scheduler is not None:
             scheduler.step()
         if average is not None:
@@ -194,6 +125,18 @@ def train_one_epoch(
         "seconds": seconds,
         "stopped": stopped,
     }
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, rt: Runtime,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update from a batch x [B, C, H, W], y [B]; returns (mean loss, logits [B, classes])."""
+    with rt.autocast():
+        logits = model(rt.prepare(x))  # [B, classes]
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
 
 
 def check_finite(pending: list, first_step: int) -> float:

@@ -335,3 +335,22 @@ def test_recurrent_trains_under_bf16_autocast(mode):
     (out.float().sum() + sum(s.float().sum() for s in as_tuple(final))).backward()
     assert torch.isfinite(out.float()).all()
     assert all(torch.isfinite(p.grad).all() for p in [x, *state, *ours.parameters()])
+
+
+def test_fp32_recurrence_keeps_the_recurrent_layers_out_of_bf16():
+    """Where the device has no bf16 kernel for a recurrent layer, the language model runs that layer in fp32
+    under bf16 autocast (and only there); the embedding and the decoder stay in bf16."""
+    torch.manual_seed(0)
+    model = LanguageModel(LMConfig(12, "lstm", "torch", 8, 8, 1, dropout=0.0))
+    tokens = torch.randint(12, (2, 5))
+    seen = {}
+    model.rnn.register_forward_hook(lambda m, inputs, out: seen.update(input=inputs[0].dtype, out=out[0].dtype))
+    model.fp32_recurrence = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, state = model(tokens)  # without the flag nn.LSTM would compute (or fail to) in bf16 here
+    assert seen == {"input": torch.float32, "out": torch.float32}
+    assert logits.dtype == torch.bfloat16 and state[0].dtype == torch.float32
+    logits.float().sum().backward()
+    assert model.rnn.weight_hh_l0.grad is not None
+    plain, _ = model(tokens)  # no autocast: the flag changes nothing
+    assert plain.dtype == torch.float32

@@ -113,10 +113,9 @@ def gone(pid: int, within: float = 15) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="follows the server process through /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_stop_tensorboard_too(tmp_path, sig):
+def test_sigterm_stops_tensorboard_too(tmp_path):
     proc, server = serving(tmp_path)
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGTERM)  # as a process manager, or a test, stops it
     assert proc.wait(20) == 0  # a clean stop, not a death by signal
     assert gone(server), "the TensorBoard server outlived `torchlab tensorboard`"
     proc.stdout.close()

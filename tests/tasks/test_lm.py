@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import SHARED_DATA, assert_same_weights, error_line, weights
+from torchlab import runtime
 from torchlab.cli import main
 from torchlab.config import LMTrainConfig
 from torchlab.data.text import Vocab, split_documents, tokenize
-from torchlab.engine import Runtime, StopFlag
+from torchlab.engine import StopFlag
 from torchlab.models.rnn import LanguageModel, LMConfig
+from torchlab.runtime import Runtime
 from torchlab.tasks import lm
 
 # Flags for fast language-model runs: ~30 windows of 4 x 8 tokens per epoch on the English text below.
@@ -125,10 +127,31 @@ def test_chinese_text_trains_on_characters_at_either_level(tmp_path, capsys, lev
 @pytest.mark.parametrize("cell, impl", [
     ("lstm", "torch"), ("lstm", "scratch"), ("gru", "torch"), ("rnn", "scratch"), ("gru", "scratch"),
 ])
-def test_bf16_autocast_trains(en_corpus, tmp_path, cell, impl):
+def test_bf16_autocast_trains(en_corpus, tmp_path, capsys, cell, impl):
+    """bf16 trains on every CPU: where a fused layer has no bf16 kernel (oneDNN's LSTM without AVX-512), the
+    recurrent layers fall back to fp32 with a one-line warning instead of a traceback."""
     args = ["--cell", cell, "--impl", impl, "--layers", "2", "--precision", "bf16", "--max-steps", "2"]
     assert main(train_args(en_corpus, *args, "--run-dir", "r")) == 0
     assert math.isfinite(json.loads((tmp_path / "r" / "summary.json").read_text())["test_ppl"])
+    layer = LanguageModel(LMConfig(10, cell, impl, 8, 8, 2)).rnn
+    native = runtime.runs_in_bf16(layer, Runtime(torch.device("cpu"), bf16=True))
+    warned = "has no bf16 kernel" in capsys.readouterr().err
+    assert warned == (not native)
+    assert native or (cell, impl) == ("lstm", "torch")  # only the fused LSTM lacks a bf16 kernel anywhere seen
+
+
+def test_a_layer_without_bf16_kernels_runs_in_fp32_with_a_warning(en_corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runtime, "runs_in_bf16", lambda layer, rt: False)  # as on an AVX2 CPU
+    assert main(train_args(en_corpus, "--precision", "bf16", "--max-steps", "2", "--run-dir", "r")) == 0
+    out = capsys.readouterr().err
+    assert "warning: --precision bf16: this cpu has no bf16 kernel for LSTM; its layers run in fp32, the " \
+           "embedding and the output layer in bf16" in out
+    assert tomllib.loads((tmp_path / "r" / "config.toml").read_text())["precision"] == "bf16"
+
+
+def test_native_bf16_runs_the_fused_lstm_without_fallback(native_bf16):
+    layer = torch.nn.LSTM(16, 32, 2, batch_first=True)
+    assert runtime.runs_in_bf16(layer, Runtime(torch.device("cpu"), bf16=True))
 
 
 def test_a_tiny_model_overfits_a_periodic_text(tmp_path, capsys):

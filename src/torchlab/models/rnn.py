@@ -307,6 +307,10 @@ class LanguageModel(nn.Module):
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
+    # Set where the device has no bf16 kernel for the recurrent layers (oneDNN's fused LSTM without AVX-512):
+    # under bf16 autocast they then run in fp32, and only the embedding and the decoder in bf16.
+    fp32_recurrence = False
+
     def forward(self, tokens: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         x = self.embed_dropout(self.embedding(tokens))  # [B, T] -> [B, T, E]
         out, state = self.recurrent(x, state)  # [B, T, H]
@@ -320,6 +324,9 @@ class LanguageModel(nn.Module):
         window, which regularises the recurrence without disturbing it. The dropped matrices
         are passed to the unchanged layer through `functional_call`, so it works for the fused
         torch layers and for `Recurrent` alike."""
+        if self.fp32_recurrence and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.recurrent(x.float(), state)
         p = self.config.weight_drop
         if not (self.training and p):
             return self.rnn(x, state)

@@ -7,22 +7,24 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from torchlab import checkpoint as ckpt_io
-from torchlab import distributed, runinfo
-from torchlab.config import TrainConfig, save_toml
+from torchlab import distributed, runinfo, runtime
+from torchlab.config import TrainConfig, device_kind, save_toml
 from torchlab.data import catalog
 from torchlab.data.catalog import Loaded
 from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_out
-from torchlab.engine import (NonFiniteLoss, Runtime, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
-                             pick_device, train_one_epoch, weight_average)
+from torchlab.engine import (NonFiniteLoss, StopFlag, evaluate, graceful_interrupt, per_class_accuracy,
+                             train_one_epoch, train_step, weight_average)
 from torchlab.errors import Interrupted, UserError
 from torchlab.logger import Nothing, confusion_figure, new_run_dir, open_writer, progress, say
 from torchlab.models.registry import build_model, model_config
+from torchlab.runtime import Runtime
 
 
 @dataclass
@@ -307,22 +309,25 @@ def finish(s: Session, status: str) -> dict:
 
 
 def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
-    device = pick_device(cfg.device)
-    rt = Runtime.choose(device, cfg.precision, cfg.channels_last, cfg.compile)
+    device = runtime.pick_device(cfg.device)
     model_config(cfg.model)  # an unknown model name fails before the data is read
     data = prepare_data(cfg, device)
     if resume is not None and (list(data.info.classes), list(data.info.mean), list(data.info.std)) != \
             (resume["classes"], resume["mean"], resume["std"]):
         raise UserError(f"--resume: the data changed since the run started (classes or normalisation differ from "
                         f"{resume['path']})", "restore the original data, or start a new run")
-    torch.manual_seed(cfg.seed)  # initial weights
     mcfg = model_config(cfg.model, in_channels=len(data.info.mean), num_classes=len(data.info.classes),
                         image_size=data.samples.shape[-1])
+    steps = cfg.epochs * len(data.train)
+    rt, notes = runtime.choose(device, runtime.Requested.of(cfg), workload(cfg, mcfg, data.samples.shape[1:],
+                                                                           min(steps, cfg.max_steps or steps)))
+    cfg = dataclasses.replace(cfg, **rt.settings())  # saved as chosen: resume and --config compute the same way
+    torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(cfg.model, mcfg).to(device)
     distributed.spread_seeds()  # the same initial weights everywhere, then each process its own dropout
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimizer(cfg, model, cfg.epochs * len(data.train))
+    optimizer, scheduler = build_optimizer(cfg, model, steps)
     average = weight_average(model, cfg.ema) if cfg.ema else None
     state = TrainState()
     if resume is not None:
@@ -336,8 +341,10 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
         writer.add_text("config", "\n".join(f"    {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()), 0)
     say(f"data: {cfg.task} from {data.info.source}: {data.counts['train']} train, {data.counts['val']} val, "
         f"{data.counts['test']} test")
-    kind = "cuda" if device.type == "cuda" else "cpu"
-    recipe = f"fast (target {cfg.target}%, {kind} settings)" if cfg.recipe == "fast" else cfg.recipe
+    for note in notes:
+        say(note)
+    recipe = f"fast (target {cfg.target}%, {device_kind(cfg.device)} table)" if cfg.recipe == "fast" \
+        else cfg.recipe
     say(f"{rt.describe()}  model: {cfg.model}  recipe: {recipe}  run: {run_dir}")
     if distributed.WORLD.enabled:
         say(distributed.describe(cfg.batch_size, "images"))
@@ -345,6 +352,30 @@ def start(cfg: TrainConfig, resume: dict | None, run_dir: Path | None) -> Sessio
     wrapped = torch.compile(wrapped) if rt.compile else wrapped  # compiles on the first batch
     return Session(cfg, data, model, optimizer, scheduler, rt, state, run_dir, writer, average,
                    None if wrapped is model else wrapped)
+
+
+def workload(cfg: TrainConfig, mcfg, shape: tuple, steps: int) -> runtime.Workload:
+    """This run's training step, for runtime.choose to time: the model, optimizer and batch of the run, on
+    random images (the speed does not depend on their values)."""
+    per = cfg.batch_size // distributed.WORLD.size  # each process's share of the global batch
+
+    def build(rt: Runtime):
+        model = build_model(cfg.model, mcfg).to(rt.device)
+        model = model.to(memory_format=torch.channels_last) if rt.channels_last else model
+        forward = torch.compile(model) if rt.compile else model
+        optimizer, _ = build_optimizer(cfg, model, 1)
+        x = torch.randn(per, *shape, device=rt.device)  # [B, C, H, W], as the loader gives it
+        y = torch.randint(mcfg.num_classes, (per,), device=rt.device)
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                loss, _ = train_step(forward, x, y, optimizer, rt, cfg.label_smoothing)
+            loss.item()  # waits for the device
+
+        return run
+
+    name = f"{cfg.model} {'x'.join(map(str, shape))}, batch {per}, {cfg.optimizer}"
+    return runtime.Workload(name, build, per, steps)
 
 
 def create_run_dir(cfg, default_name: str) -> Path:
@@ -368,7 +399,8 @@ def train(cfg: TrainConfig, resume: dict | None = None, run_dir: Path | None = N
     write_summary(s, "running", {})
     if s.state.epoch >= cfg.epochs:
         say(f"run already completed {s.state.epoch} epochs; scoring it again")
-    return supervise(s, fit, finish, write_summary, stop or StopFlag())
+    with s.rt.threads_set():
+        return supervise(s, fit, finish, write_summary, stop or StopFlag())
 
 
 def supervise(s, fit, finish, summarise, stop: StopFlag) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from torchlab import checkpoint
 from torchlab.data.text import UNK, Vocab, join_words, tokenize
-from torchlab.engine import pick_device
+from torchlab.runtime import pick_device
 from torchlab.errors import UserError
 from torchlab.logger import say
 from torchlab.models.rnn import LanguageModel, LMConfig

@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 from torch import nn, optim
 
-from torchlab.engine import NonFiniteLoss, pick_device
+from torchlab.engine import NonFiniteLoss
+from torchlab.runtime import pick_device
 from torchlab.errors import UserError
 from torchlab.logger import new_run_dir, open_writer, say
 

@@ -22,15 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from torchlab import checkpoint as ckpt_io
-from torchlab import distributed, runinfo
+from torchlab import distributed, runinfo, runtime
 from torchlab.config import LMTrainConfig
 from torchlab.data.corpora import load_corpus
 from torchlab.data.text import (Vocab, batchify, batchify_eval, split_documents, tokenize, window_starts,
                                 windows)
-from torchlab.engine import NonFiniteLoss, Runtime, StopFlag, check_finite, pick_device, weight_average
+from torchlab.engine import NonFiniteLoss, StopFlag, check_finite, weight_average
 from torchlab.errors import Interrupted, UserError
 from torchlab.logger import Nothing, open_writer, progress, say
 from torchlab.models.rnn import LanguageModel, LMConfig
+from torchlab.runtime import Runtime
 from torchlab.tasks.classify import build_optimizer, create_run_dir, non_finite_error, supervise
 
 VAL_FRACTION = TEST_FRACTION = 0.05
@@ -99,6 +100,17 @@ def lm_loss(model, x: torch.Tensor, y: torch.Tensor, state, rt: Runtime, reducti
     with rt.autocast():
         logits, state = model(x, state)  # [B, T, V]
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction), state
+
+
+def lm_step(model, x: torch.Tensor, y: torch.Tensor, state, optimizer, rt: Runtime, clip: float):
+    """One update from windows x, y [B, T] starting from `state` (detached); returns (loss, new state)."""
+    loss, state = lm_loss(model, x, y, state, rt)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss, state
 
 
 def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
@@ -177,12 +189,7 @@ def train_steps(s: Session, stop: StopFlag) -> dict:
             stopped = True
             break
         state_in = model.detach_state(s.hidden) if s.hidden is not None else None  # cut the graph here
-        loss, s.hidden = lm_loss(s.wrapped or model, x, y, state_in, s.rt)
-        s.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        s.optimizer.step()
+        loss, s.hidden = lm_step(s.wrapped or model, x, y, state_in, s.optimizer, s.rt, cfg.clip)
         if s.scheduler is not None:
             s.scheduler.step()
         if s.average is not None:
@@ -302,16 +309,19 @@ def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
 
 
 def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Session:
-    device = pick_device(cfg.device)
-    rt = Runtime.choose(device, cfg.precision, channels_last="off")
+    device = runtime.pick_device(cfg.device)
     if cfg.tie and cfg.embed_size != cfg.hidden_size:
         build_model(cfg, 2)  # raises the --tie error before any data is read
     # The vocabulary is part of the model: a resumed run keeps its saved one.
     data = prepare_text(cfg, device, Vocab.from_dict(resume["vocab"]) if resume is not None else None)
+    steps = cfg.epochs * len(window_starts(data.train.shape[1], cfg.bptt))
+    rt, notes = runtime.choose(device, runtime.Requested.of(cfg),
+                               workload(cfg, len(data.vocab), min(steps, cfg.max_steps or steps)))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in rt.settings().items() if k in ("precision", "threads")})
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(cfg, len(data.vocab)).to(device)
+    notes += bf16_fallback(model, rt)
     distributed.spread_seeds()  # the same initial weights everywhere, then each process its own dropout
-    steps = cfg.epochs * len(window_starts(data.train.shape[1], cfg.bptt))
     optimizer, scheduler = build_optimizer(cfg, model, steps)
     state, hidden = LMState(), None
     average = weight_average(model, cfg.ema) if cfg.ema else None
@@ -326,6 +336,8 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
     writer = open_writer(run_dir) if distributed.WORLD.main else Nothing()
     say(f"data: {cfg.corpus} ({cfg.level} level) from {data.source}: {data.counts['train']} train, "
         f"{data.counts['val']} val, {data.counts['test']} test tokens; vocabulary {len(data.vocab)}")
+    for note in notes:
+        say(note)
     say(f"{rt.describe()}  model: {cfg.layers}-layer {cfg.cell} ({cfg.impl}), hidden {cfg.hidden_size}  run: {run_dir}")
     if distributed.WORLD.enabled:
         say(distributed.describe(cfg.batch_size, "text streams"))
@@ -334,9 +346,43 @@ def start(cfg: LMTrainConfig, resume: dict | None, run_dir: Path | None) -> Sess
                    None if wrapped is model else wrapped)
 
 
+def workload(cfg: LMTrainConfig, vocab_size: int, steps: int) -> runtime.Workload:
+    """This run's training step for runtime.choose to time: its model and optimizer on random windows."""
+    per = cfg.batch_size // distributed.WORLD.size  # each process's streams
+
+    def build(rt: Runtime):
+        model = build_model(cfg, vocab_size).to(rt.device)
+        optimizer, _ = build_optimizer(cfg, model, 1)
+        x = torch.randint(vocab_size, (per, cfg.bptt + 1), device=rt.device)  # [B, T + 1] token ids
+
+        def run(n: int) -> None:
+            state = None
+            for _ in range(n):
+                loss, state = lm_step(model, x[:, :-1], x[:, 1:], state, optimizer, rt, cfg.clip)
+                state = model.detach_state(state)
+            loss.item()  # waits for the device
+
+        return run
+
+    name = f"lm {cfg.layers}x{cfg.cell} ({cfg.impl}) {cfg.embed_size}/{cfg.hidden_size}, vocabulary {vocab_size}, " \
+           f"batch {per}x{cfg.bptt}, {cfg.optimizer}"
+    return runtime.Workload(name, build, per * cfg.bptt, steps, convolutional=False, compilable=False)
+
+
+def bf16_fallback(model: LanguageModel, rt: Runtime) -> list[str]:
+    """Run the recurrent layers in fp32 where this machine has no bf16 kernel for them (oneDNN's fused
+    LSTM needs AVX-512 for bf16); the embedding and the decoder stay in bf16. Returns the warning, if any."""
+    if not rt.bf16 or runtime.runs_in_bf16(model.rnn, rt):
+        return []
+    model.fp32_recurrence = True
+    return [f"warning: --precision bf16: this {rt.device.type} has no bf16 kernel for {type(model.rnn).__name__}; "
+            "its layers run in fp32, the embedding and the output layer in bf16"]
+
+
 def train(cfg: LMTrainConfig, resume: dict | None = None, run_dir: Path | None = None,
           stop: StopFlag | None = None) -> dict:
     """Train (or resume) one language model and return its summary dict."""
     s = start(cfg, resume, run_dir)
     write_summary(s, "running", {})  # `torchlab runs` sees it from the start
-    return supervise(s, fit, finish, write_summary, stop or StopFlag())
+    with s.rt.threads_set():
+        return supervise(s, fit, finish, write_summary, stop or StopFlag())

@@ -15,7 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from torchlab.data import catalog
 from torchlab.data.vision import eval_loader
-from torchlab.engine import Runtime, evaluate, per_class_accuracy, pick_device
+from torchlab.engine import evaluate, per_class_accuracy
+from torchlab.runtime import for_scoring, pick_device
 from torchlab.errors import UserError
 from torchlab.logger import confusion_figure, format_confusion, save_figure
 from torchlab.models.registry import build_model
@@ -142,7 +143,7 @@ def scoring_setup(ckpt: dict, data_dir: str | None, device_name: str):
                         seed=cfg.get("seed", 0))
     split, test = ("test", info.test) if info.test is not None else ("val", info.val)
     model = model_from_checkpoint(ckpt, device)
-    rt = Runtime.choose(device, cfg.get("precision", "fp32"), cfg.get("channels_last", "auto"))
+    rt = for_scoring(device, cfg)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, rt, split, test, info.source

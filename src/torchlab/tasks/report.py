@@ -149,7 +149,7 @@ def wrong_gallery(data, probs: torch.Tensor, classes: list[str]) -> str:
 def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
     """Three prompts from the test text, continued by the model, beside the text's own continuation."""
     from torchlab.config import LMTrainConfig
-    from torchlab.engine import pick_device
+    from torchlab.runtime import pick_device
     from torchlab.tasks.generate import continue_text, load_model
     from torchlab.tasks.lm import split_corpus
 
