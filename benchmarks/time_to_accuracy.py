@@ -1,10 +1,11 @@
 """Time to accuracy on Fashion-MNIST: the notes' pipeline, the pytorch/examples recipe and torchlab, in one run.
 
-    python benchmarks/time_to_accuracy.py --data-dir ../shared/data            # CPU, everything (~30 min)
+    python benchmarks/time_to_accuracy.py --data-dir ../shared/data            # CPU, everything (~40 min)
+    python benchmarks/time_to_accuracy.py --contenders notes fast --targets 91 93 --seed 1 --skip scaling
     python benchmarks/time_to_accuracy.py --device cuda --contenders notes-cnn fast --skip scaling
 
-Contenders (each trains on all 60,000 training images and scores the whole
-10,000-image test set after every epoch):
+It starts with `torchlab doctor`'s summary of the machine. Contenders (each trains on all 60,000 training
+images and scores the whole 10,000-image test set after every epoch):
   notes pipeline   the notes' code rebuilt faithfully (per-sample PIL transforms, DataLoader, batch 64,
                    their CNN, Adam 1e-3), from notes_vs_torchlab.py
   examples recipe  pytorch/examples mnist/main.py for Fashion-MNIST: its network with dropout, Adadelta
@@ -12,12 +13,16 @@ Contenders (each trains on all 60,000 training images and scores the whole
   notes-cnn        `torchlab train fashion-mnist` with the notes' settings (--recipe notes)
   fast T           `torchlab train fashion-mnist --recipe fast --target T`, for each target T (91, 93, 94)
 
-Times are training seconds (evaluation for this table excluded, compile time
-included), summed over epochs until the first epoch whose test accuracy
-reaches each target. "peak" is the share of this machine's matrix-multiply
-rate (a 2048 x 2048 matmul, measured in the same run, in the precision the
-contender trains in) that its training achieves: 3 x forward multiply-adds
-x 2 FLOPs x images / seconds / peak.
+Times are training seconds (evaluation for this table excluded, compile time included), summed over
+epochs until the first epoch whose test accuracy reaches each target; "vs notes" divides the contender's
+time to its own target (90% for the others) by the notes pipeline's time to 90%. "peak" is the share of
+this machine's peak rate in the precision the contender trains in (the best of square matmuls and 3x3
+convolutions, measured in the same run, several sizes each, bounded in time) that its training achieves:
+3 x forward multiply-adds x 2 FLOPs x images / seconds / peak. Only precisions the device runs natively
+are measured.
+
+"settings" times each recipe's training step in every setting `auto` may choose, as torchlab does
+(runtime.py), and compares the one `auto` picked with the fastest.
 """
 
 from __future__ import annotations
@@ -37,30 +42,34 @@ from torchvision import datasets, transforms
 
 from notes_vs_torchlab import NotesNet, epoch_rows, notes_pipeline, torchvision_root, whole_test_accuracy
 from run_cli import torchlab_json
-from torchlab.config import FAST, FAST_TARGETS
 from torchlab.models.registry import build_model, count_macs, model_config
 
 TARGETS = (0.90, 0.91, 0.92, 0.93, 0.94)
 HERE = Path(__file__).resolve().parent
 
 
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Best FLOP/s of an n x n matmul over a few repeats."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 2):
-        sync(device)
-        tic = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - tic)
-    return 2 * n**3 / best
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def peaks(device: str, budget: float = 3.0) -> dict[str, float]:
+    """FLOP/s per native precision: the best of matmuls (256-2048) and 3x3 convolutions (NCHW and NHWC)."""
+    from torchlab import hardware
+
+    dev = torch.device(device)
+    found = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rates = {"matmul": hardware.matmul_rate(dev, dtype, budget)}
+        if name == "bf16" and rates["matmul"] < found["fp32"]["matmul"]:
+            print(f"bf16: matmul {rates['matmul'] / 1e9:.1f} GFLOP/s against {found['fp32']['matmul'] / 1e9:.1f} in "
+                  "fp32: emulated, so not a training precision here")
+            break
+        for layout in (False, True):
+            rates[f"conv {'nhwc' if layout else 'nchw'}"] = hardware.conv_rate(dev, dtype, layout, budget)
+        found[name] = rates
+        print(f"{name} peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in rates.items()))
+    return {name: max(rates.values()) for name, rates in found.items()}
 
 
 class ExamplesNet(nn.Module):
@@ -112,23 +121,25 @@ def examples_recipe(root: Path, epochs: int, seed: int, device: str) -> list[dic
     return rows
 
 
-def torchlab_run(data_dir: str, device: str, flags: list[str]) -> list[dict]:
+def torchlab_run(data_dir: str, device: str, flags: list[str]) -> tuple[list[dict], dict]:
+    """(epoch rows, resolved config) of one `torchlab train` run."""
+    import tomllib
+
     run_dir = Path(tempfile.mkdtemp()) / "run"
     s = torchlab_json(["train", "fashion-mnist", "--val-size", "0", "--test-every-epoch", "--data-dir", data_dir,
                        "--device", device, "--run-dir", str(run_dir), *flags])
-    return epoch_rows(s)
+    return epoch_rows(s), tomllib.loads((run_dir / "config.toml").read_text())
 
 
 def macs_of(name: str) -> int:
-    if name in ("notes pipeline",):
-        return count_macs(NotesNet(), (1, 28, 28))
-    if name == "examples recipe":
-        return count_macs(ExamplesNet(), (1, 28, 28))
-    model = "notes-cnn" if name == "notes-cnn" else FAST_TARGETS["cpu"][int(name.split()[-1])]["model"]
-    return count_macs(build_model(model, model_config(model)), (1, 28, 28))
+    """Multiply-adds per 28x28 image of a contender's network (torchlab's by model name)."""
+    network = {"notes pipeline": NotesNet, "examples recipe": ExamplesNet}.get(name)
+    model = network() if network else build_model(name, model_config(name))
+    return count_macs(model, (1, 28, 28))
 
 
-def summarise(name: str, rows: list[dict], peak: float, images: int = 60000) -> dict:
+def summarise(name: str, rows: list[dict], peak: float, model: str | None = None, goal: float = 0.90,
+              images: int = 60000) -> dict:
     print(f"{name}: " + ", ".join(f"epoch {r['epoch']} {r['seconds']:.1f} s {r['acc']:.2%}" for r in rows),
           file=sys.stderr, flush=True)  # as each contender ends, in case a later one fails
     elapsed, reached = 0.0, {}
@@ -139,19 +150,21 @@ def summarise(name: str, rows: list[dict], peak: float, images: int = 60000) -> 
                 reached[t] = elapsed
     ips = images * len(rows) / max(elapsed, 1e-9)
     return {"name": name, "reached": reached, "final": rows[-1]["acc"], "epochs": len(rows), "seconds": elapsed,
-            "images_per_second": ips, "peak_share": 6 * macs_of(name) * ips / peak, "rows": rows}
+            "images_per_second": ips, "peak_share": 6 * macs_of(model or name) * ips / peak, "goal": goal,
+            "rows": rows}
 
 
 def print_table(results: list[dict], base: float | None) -> None:
     head = "".join(f"{f'{t:.0%}':>8}" for t in TARGETS)
-    print(f"\n{'contender':<20}{'epochs':>7}{head}{'final':>8}{'train s':>9}{'img/s':>8}{'peak':>7}{'vs notes':>9}")
+    print(f"\n{'contender':<20}{'epochs':>7}{head}{'final':>8}{'train s':>9}{'img/s':>8}{'peak':>7}{'vs notes':>10}")
     for r in results:
         cells = "".join(f"{r['reached'][t]:>8.1f}" if t in r["reached"] else f"{'':>8}" for t in TARGETS)
-        ratio = f"{base / r['reached'][0.91]:>8.1f}x" if base and 0.91 in r["reached"] else ""
+        ratio = f"{r['reached'][r['goal']] / base:>9.2f}x" if base and r["goal"] in r["reached"] else f"{'':>10}"
         print(f"{r['name']:<20}{r['epochs']:>7}{cells}{r['final']:>8.2%}{r['seconds']:>9.1f}"
-              f"{r['images_per_second']:>8.0f}{r['peak_share']:>7.0%}{ratio:>9}")
+              f"{r['images_per_second']:>8.0f}{r['peak_share']:>7.0%}{ratio}")
     if base:
-        print(f"vs notes: the notes pipeline's seconds to 90% ({base:.1f} s) / the contender's seconds to 91%")
+        print(f"vs notes: the contender's seconds to its target (fast T: T%, the others 90%) / the notes "
+              f"pipeline's seconds to 90% ({base:.1f} s)")
 
 
 def fashion_train(data_dir: str, device: str):
@@ -162,13 +175,12 @@ def fashion_train(data_dir: str, device: str):
     return info.train.images.to(device), info.train.labels.to(device), (info.mean, info.std)
 
 
-def image_rate(data, batch: int, rt, steps: int, warmup: int = 3, model_name: str | None = None) -> tuple[float, float]:
+def image_rate(data, batch: int, rt, steps: int, name: str, warmup: int = 3) -> tuple[float, float]:
     """(images per second after warm-up, seconds of the warm-up steps) for training steps of the fast model."""
     from torchlab.data.vision import TensorLoader
     from torchlab.engine import train_one_epoch
 
     images, labels, norm = data
-    name = model_name or FAST_TARGETS["cpu"][94]["model"]
     torch.manual_seed(0)
     model = build_model(name, model_config(name)).to(rt.device)
     if rt.channels_last:
@@ -182,56 +194,50 @@ def image_rate(data, batch: int, rt, steps: int, warmup: int = 3, model_name: st
     return timed["images"] / timed["seconds"], first["seconds"]
 
 
-def hardware_choices(data, device: str, batch: int, budget_images: int) -> dict:
-    """Measure each setting the fast recipe could use; keep what pays on this device."""
-    from torchlab.engine import Runtime
+def recipe_runtime(device: str, recipe: str, target: int):
+    """(config, training-step workload, runtime auto picks) of `torchlab train fashion-mnist --recipe ...`."""
+    from torchlab import runtime
+    from torchlab.config import resolve
+    from torchlab.tasks import classify
 
-    dev = torch.device(device)
-    steps = 40 if device == "cpu" else 200
-    rows = {}
-    for precision in ("fp32", "bf16"):
-        for layout in ("off", "on"):
-            rows[f"{precision} channels-last {layout}"] = image_rate(data, batch, Runtime(dev, precision == "bf16", layout == "on"), steps)
-    best = max(rows, key=lambda k: rows[k][0])
-    bf16, cl = best.startswith("bf16"), best.endswith("on")
-    rows[f"{best} + compile"] = image_rate(data, batch, Runtime(dev, bf16, cl, compile=True), steps)
-    if device == "cpu":
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // 2))
-        rows[f"{best}, {torch.get_num_threads()} thread(s)"] = image_rate(data, batch, Runtime(dev, bf16, cl), steps)
-        torch.set_num_threads(threads)
-    plain, compiled = rows[best], rows[f"{best} + compile"]
-    saved = budget_images / plain[0] - budget_images / compiled[0]  # seconds compile saves over the budget
-    compile_cost = compiled[1] - plain[1]  # its extra warm-up time
-    print(f"\nhardware settings on {device}, vgg-small, batch {batch} (img/s after warm-up; warm-up s)")
-    for name, (ips, warm) in rows.items():
-        print(f"  {name:<38}{ips:>8.0f} img/s{warm:>8.1f} s")
-    print(f"  compile: costs {compile_cost:.1f} s, saves {saved:.1f} s over {budget_images} images -> "
-          f"{'on' if saved > compile_cost else 'off'}")
-    from torchlab.engine import native_bf16
+    cfg = resolve({"recipe": recipe, "target": target, "device": device})
+    work = classify.workload(cfg, model_config(cfg.model), (1, 28, 28), cfg.epochs * 60000 // cfg.batch_size)
+    return cfg, work, runtime.choose(torch.device(device), runtime.Requested.of(cfg), work)[0]
 
-    return {"device": device, "native_bf16": native_bf16(dev), "precision": "bf16" if bf16 else "fp32", "channels_last": "on" if cl else "off",
-            "compile": "on" if saved > compile_cost else "off",
-            "measured": {k: {"images_per_second": round(v[0], 1), "warmup_seconds": round(v[1], 2)} for k, v in rows.items()}}
+
+def settings_check(data, device: str, targets: list[int]) -> list[dict]:
+    """For each recipe's model: every setting auto may choose, timed afresh in interleaved rounds, and the
+    setting auto picks (from torchlab's cache, measuring where it has none) against the fastest."""
+    from torchlab import runtime
+
+    dev, rows = torch.device(device), []
+    print(f"\nsettings on {device} (img/s of each recipe's training step; auto's pick against the fastest)")
+    for recipe, target in [("notes", 94), ("strong", 94)] + [("fast", t) for t in targets]:
+        cfg, work, picked = recipe_runtime(device, recipe, target)
+        space = [r for r in runtime.candidates(dev, runtime.Requested.of(cfg), work, []) if not r.compile]
+        timed = runtime.measure(work, space + ([picked] if picked.compile else []))
+        best = max(timed, key=lambda k: timed[k]["rate"])
+        share = timed[picked.label()]["rate"] / timed[best]["rate"]
+        print(f"  {recipe} {target if recipe == 'fast' else ''} ({work.name}): auto picks {picked.label()}, "
+              f"{share:.0%} of the fastest ({best}); " + ", ".join(f"{k} {v['rate']:,.0f}" for k, v in timed.items()))
+        rows.append({"recipe": recipe, "target": target, "workload": work.name, "picked": picked.label(),
+                     "fastest": best, "share": share, "rates": {k: v["rate"] for k, v in timed.items()}})
+    return rows
 
 
 def scaling(data, device: str, batches: list[int], fractions: list[float]) -> None:
-    """Seconds per epoch against the training-set size, and images per second against the batch size."""
-    from torchlab.engine import Runtime
-
-    kind = "cuda" if device == "cuda" else "cpu"
-    settings = {**FAST[kind], **FAST_TARGETS[kind][94]}
-    rt = Runtime.choose(torch.device(device), settings["precision"], settings["channels_last"], settings["compile"])
+    """Seconds per epoch of `--recipe fast` against the training-set size, and img/s against the batch size."""
+    cfg, _, rt = recipe_runtime(device, "fast", 94)
     images, labels, norm = data
-    print(f"\nscaling on {device}: {rt.describe()}")
-    for frac in fractions:
-        n = int(len(labels) * frac)
-        steps = n // settings["batch_size"]
-        ips, _ = image_rate((images[:n], labels[:n], norm), settings["batch_size"], rt, steps - 3)
-        print(f"  {frac:>5.0%} of the training set ({n} images): {n / ips:6.1f} s per epoch")
-    for b in batches:
-        ips, _ = image_rate(data, b, rt, max(5, min(40, 6000 // b)))
-        print(f"  batch {b:>5}: {ips:8.0f} img/s")
+    print(f"\nscaling on {device}: {cfg.model}, {rt.describe()}")
+    with rt.threads_set():
+        for frac in fractions:
+            n = int(len(labels) * frac)
+            ips, _ = image_rate((images[:n], labels[:n], norm), cfg.batch_size, rt, n // cfg.batch_size - 3, cfg.model)
+            print(f"  {frac:>5.0%} of the training set ({n} images): {n / ips:6.1f} s per epoch")
+        for b in batches:
+            ips, _ = image_rate(data, b, rt, max(5, min(40, 6000 // b)), cfg.model)
+            print(f"  batch {b:>5}: {ips:8.0f} img/s")
 
 
 def main(argv=None) -> int:
@@ -242,49 +248,39 @@ def main(argv=None) -> int:
                     choices=["notes", "examples", "notes-cnn", "fast"])
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the notes, examples and notes-cnn contenders")
     ap.add_argument("--targets", type=int, nargs="+", default=[91, 93, 94], help="targets of the fast recipe")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["hardware", "scaling"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["settings", "scaling"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path)
-    ap.add_argument("--record", action="store_true", help="write the hardware choices to benchmarks/recorded/")
     args = ap.parse_args(argv)
+    from torchlab import doctor
+
     device = args.device
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {name}")
-    peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
-    print("matmul peak (2048^2): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
-    out = {"device": name, "peaks": peaks}
+    print(doctor.text(doctor.report(argparse.Namespace(device=device, measure=False, data_dir=args.data_dir))))
+    print()
+    peak = peaks(device)
+    out = {"device": device, "peaks": peak, "seed": args.seed}
     data = fashion_train(args.data_dir, device)
-    if "hardware" not in args.skip:
-        kind = "cuda" if device == "cuda" else "cpu"
-        longest = FAST_TARGETS[kind][94]
-        out["choices"] = hardware_choices(data, device, longest["batch_size"], 60000 * longest["epochs"])
-        if args.record:  # the tests check that the fast recipe uses what was measured here
-            (HERE / "recorded").mkdir(exist_ok=True)
-            (HERE / "recorded" / f"choices-{kind}.json").write_text(json.dumps(out["choices"], indent=2) + "\n")
+    if "settings" not in args.skip:
+        out["settings"] = settings_check(data, device, args.targets)
     results = []
     root = torchvision_root(args.data_dir) if {"notes", "examples"} & set(args.contenders) else None
     if "notes" in args.contenders:
-        results.append(summarise("notes pipeline", notes_pipeline(root, args.epochs, args.seed, device), peaks["fp32"]))
+        results.append(summarise("notes pipeline", notes_pipeline(root, args.epochs, args.seed, device), peak["fp32"]))
     if "examples" in args.contenders:
-        results.append(summarise("examples recipe", examples_recipe(root, args.epochs, args.seed, device), peaks["fp32"]))
+        results.append(summarise("examples recipe", examples_recipe(root, args.epochs, args.seed, device), peak["fp32"]))
     if "notes-cnn" in args.contenders:
-        rows = torchlab_run(args.data_dir, device, ["--recipe", "notes", "--epochs", str(args.epochs)])
-        results.append(summarise("notes-cnn", rows, peaks["fp32"]))
+        rows, cfg = torchlab_run(args.data_dir, device, ["--recipe", "notes", "--epochs", str(args.epochs),
+                                                         "--seed", str(args.seed)])
+        results.append(summarise("notes-cnn", rows, peak[cfg["precision"]]))
     if "fast" in args.contenders:
-        from torchlab.engine import native_bf16
-
-        precision = FAST["cuda" if device == "cuda" else "cpu"]["precision"]
-        if precision == "auto":
-            precision = "bf16" if native_bf16(torch.device(device)) else "fp32"
         for t in args.targets:
-            rows = torchlab_run(args.data_dir, device, ["--recipe", "fast", "--target", str(t), "--seed", str(args.seed)])
-            results.append(summarise(f"fast {t}", rows, peaks[precision]))
+            rows, cfg = torchlab_run(args.data_dir, device, ["--recipe", "fast", "--target", str(t), "--seed", str(args.seed)])
+            results.append(summarise(f"fast {t} ({cfg['model']}, {cfg['precision']})", rows, peak[cfg["precision"]],
+                                     cfg["model"], t / 100))
     notes = next((r for r in results if r["name"] == "notes pipeline"), None)
     print_table(results, notes["reached"].get(0.90) if notes else None)
     if "scaling" not in args.skip:
         scaling(data, device, [32, 64, 128, 256, 512, 1024], [0.25, 0.5, 1.0])
-    if not results:
-        return 0
     if args.json_out:
         out["results"] = [{k: v for k, v in r.items()} | {"reached": {str(k): v for k, v in r["reached"].items()}}
                           for r in results]
