@@ -29,8 +29,9 @@ from torchlab import distributed, hardware
 from torchlab.errors import UserError
 
 MIN_STEPS = 200  # shorter runs are not worth a measurement
-COMPILE_MIN_SECONDS = 120.0  # compile takes tens of seconds on a CPU: shorter runs never win it back
-ROUNDS, ROUND_SECONDS = 3, 0.5  # per candidate: 3 interleaved rounds of about half a second
+COMPILE_MIN_SECONDS = 300.0  # compile takes 20-60 s on a small CPU: shorter runs hardly ever win it back
+WARMUP_STEPS = 3  # oneDNN picks its kernels and the allocator grows over the first steps
+ROUNDS, ROUND_SECONDS = 3, 1.0  # per candidate: 3 interleaved rounds of about a second, at least 2 steps each
 
 
 def pick_device(name: str) -> torch.device:
@@ -211,32 +212,36 @@ def tune(device: torch.device, space: list[Runtime], work: Workload, known: dict
 
 
 def measure(work: Workload, runtimes: list[Runtime]) -> dict:
-    """{label: {"rate": items/s, "warmup": s}} after ROUNDS interleaved rounds; a candidate that fails to run
-    gets rate 0 and its error (bf16 kernels missing on this device, say). If every one fails, that is a bug."""
+    """{label: {"rate": items/s, "warmup": s}}, the best of ROUNDS interleaved rounds after a warm-up; a
+    candidate that fails to run gets rate 0 and its error (bf16 kernels missing on this device, say). If
+    every one fails, that is a bug."""
     runs, result, errors = {}, {}, []
     for rt in runtimes:
         with rt.threads_set():
             try:
                 run = rt_build(work, rt)
-                tic = time.perf_counter()
-                run(2)  # kernels chosen, memory allocated, and with compile: the compilation
-                warmup = time.perf_counter() - tic
+                warmup = timed(run, WARMUP_STEPS)  # with compile: the compilation
+                step = timed(run, 1)
             except Exception as e:  # noqa: BLE001 - any failure rules the candidate out
                 errors.append(e)
                 result[rt.label()] = {"rate": 0.0, "warmup": 0.0, "error": str(e).strip().splitlines()[0][:200]}
                 continue
-        runs[rt.label()] = (rt, run, max(1, round(ROUND_SECONDS / max(warmup / 2, 1e-4))))
-        result[rt.label()] = {"rate": 0.0, "warmup": warmup}
+        runs[rt.label()] = (rt, run, max(2, round(ROUND_SECONDS / max(step, 1e-6))))
+        result[rt.label()] = {"rate": work.items_per_step / step, "warmup": warmup}
     if errors and not runs:
         raise errors[0]
     for _ in range(ROUNDS):
         for label, (rt, run, steps) in runs.items():
             with rt.threads_set():
-                tic = time.perf_counter()
-                run(steps)
-                rate = steps * work.items_per_step / (time.perf_counter() - tic)
+                rate = steps * work.items_per_step / timed(run, steps)
             result[label]["rate"] = max(result[label]["rate"], rate)
     return result
+
+
+def timed(run: Callable[[int], None], steps: int) -> float:
+    tic = time.perf_counter()
+    run(steps)
+    return time.perf_counter() - tic
 
 
 def rt_build(work: Workload, rt: Runtime) -> Callable[[int], None]:
