@@ -18,7 +18,7 @@ import shutil
 
 import torch
 
-from torchlab import __version__, hardware, runtime
+from torchlab import __version__, hardware, malloc, runtime
 from torchlab.errors import UserError
 
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "chrome")
@@ -115,6 +115,7 @@ def report(args) -> dict:
         "devices": devices(),
         "cpu": {k: cpu[k] for k in ("model", "features", "capability", "cores")},
         "threads": torch.get_num_threads(),
+        "allocator": malloc.describe(),
         "feature_limits": {v: os.environ[v] for v in hardware.FEATURE_VARIABLES + hardware.THREAD_VARIABLES
                            if v in os.environ},
         "rates_gflops": {k: round(v, 2) for k, v in hardware.rates(device, convs=True).items()},
@@ -132,7 +133,7 @@ def text(r: dict) -> str:
              f"{r['platform']}",
              "devices: " + ", ".join(f"{d['device']} ({d['name']})" for d in r["devices"]),
              f"CPU: {cpu['model']}, {cpu['cores']} cores; features: {', '.join(cpu['features']) or 'none named'}; "
-             f"torch's kernels: {cpu['capability']}; threads: {r['threads']}"]
+             f"torch's kernels: {cpu['capability']}; threads: {r['threads']}; memory allocator: {r['allocator']}"]
     if r["feature_limits"]:
         lines.append("limited by: " + " ".join(f"{k}={v}" for k, v in r["feature_limits"].items()))
     lines.append(f"measured on {auto['device']} (GFLOP/s): "
