@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -11,34 +12,55 @@ from pathlib import Path
 import pytest
 import torch
 
+from torchlab import hardware
 from torchlab.data.idx import write_idx
+
+REAL_LOAD_CACHE = hardware.load_cache
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def machine_rates(tmp_path_factory) -> bytes:
-    """This machine's matmul rates (hardware.rates), measured once per session into a cache file of its own;
-    returns that file's bytes, which every test starts from, so that no test pays seconds to measure them."""
-    from torchlab import hardware
-
+def machine_rates(tmp_path_factory) -> dict:
+    """This machine's matmul and convolution rates (hardware.rates), measured once per session in a cache
+    folder of its own; returns that cache's contents."""
     folder = tmp_path_factory.mktemp("session-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(folder))
         hardware.rates(torch.device("cpu"))
-        return hardware.cache_file().read_bytes()
+        hardware.rates(torch.device("cpu"), convs=True)
+        return REAL_LOAD_CACHE()
+
+
+@pytest.fixture
+def rates_on_disk(machine_rates):
+    """The session's measured rates written into this test's cache, for tests whose child processes
+    (torchrun, the command itself) would otherwise measure them again, a few seconds each."""
+    path = hardware.cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(machine_rates))
+    return path
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch, machine_rates):
-    """No test downloads, reads the user's cache or $TORCHLAB_DATA, or writes outside tmp_path. Each one
-    starts with a cache holding only this machine's measured rates (tests of the cache remove it)."""
+    """No test downloads, reads the user's cache or $TORCHLAB_DATA, or writes outside tmp_path. The test's
+    own cache (tmp_path/cache) reads as if it also held this session's measured rates, so that no test pays
+    seconds to measure them; tests of the cache itself restore `hardware.load_cache` (REAL_LOAD_CACHE)."""
     monkeypatch.setenv("TORCHLAB_OFFLINE", "1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    (tmp_path / "cache" / "torchlab").mkdir(parents=True)
-    (tmp_path / "cache" / "torchlab" / "runtime.json").write_bytes(machine_rates)
     monkeypatch.delenv("TORCHLAB_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
+
+    def load_cache() -> dict:
+        data = REAL_LOAD_CACHE()
+        for key, machine in machine_rates["machines"].items():
+            rates = data["machines"].setdefault(key, {}).setdefault("rates", {})
+            for name, value in machine.get("rates", {}).items():
+                rates.setdefault(name, value)
+        return data
+
+    monkeypatch.setattr(hardware, "load_cache", load_cache)
     from torchlab.data import vision
 
     spec = vision.DATASETS["fashion-mnist"]  # never pick up a Debian copy installed on this machine

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import write_dataset
+from tests.conftest import REAL_LOAD_CACHE
 from torchlab import hardware
 from torchlab.cli import main
 
@@ -15,7 +15,7 @@ from torchlab.cli import main
 @pytest.fixture
 def stub_rates(monkeypatch):
     """Rates of an emulating CPU (bf16 at 1/50 of fp32), without spending seconds measuring them."""
-    hardware.cache_file().unlink()  # the machine's real rates, which every test starts with
+    monkeypatch.setattr(hardware, "load_cache", REAL_LOAD_CACHE)  # without the session's measured rates
     monkeypatch.setattr(hardware, "matmul_rate", lambda device, dtype, budget=1.0:
                         100e9 if dtype == torch.float32 else 2e9)
     monkeypatch.setattr(hardware, "conv_rate", lambda device, dtype, cl, budget=1.0:

@@ -11,7 +11,8 @@ import pytest
 
 from torchlab import malloc
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="allocators are chosen on Linux")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="allocators are chosen on Linux"),
+              pytest.mark.isa_independent]
 
 # What the command's start-up does (torchlab.__main__.entry), then the allocator it ended with.
 STARTUP = ("import json, os; from torchlab import malloc; malloc.restart_with_tcmalloc(); malloc.keep_freed_memory(); "
@@ -45,7 +46,7 @@ def test_an_allocator_the_user_preloaded_is_left_alone(tmp_path):
     assert command_allocator({"LD_PRELOAD": jemalloc})[0] == "jemalloc"
 
 
-def test_python_m_torchlab_runs_with_tcmalloc(tmp_path):
+def test_python_m_torchlab_runs_with_tcmalloc(rates_on_disk):
     """The restart is an exec of the same command line (the pid that torchrun and process managers follow stays)."""
     if malloc.tcmalloc_path() is None:
         pytest.skip("no tcmalloc on this machine (Debian: libtcmalloc-minimal4, which make test installs)")

@@ -148,15 +148,16 @@ def best_rate(op: Callable[[], None], flops: float, device: torch.device, budget
 
 def ladder(make: Callable[[int], tuple[Callable[[], None], float]], sizes: tuple[int, ...], device: torch.device,
            budget: float) -> float:
-    """The best rate over growing problem sizes; a size whose single run takes over a quarter of the
-    budget is the last (an emulated precision stops at the small sizes, in well under `budget` seconds)."""
+    """The best rate over growing problem sizes; a size whose single run would take over a quarter of the
+    budget (predicted from the last size's rate) is not tried, so an emulated precision stops at the small
+    sizes, in well under `budget` seconds."""
     best = 0.0
     for size in sizes:
         op, flops = make(size)
-        rate, one = best_rate(op, flops, device, budget / len(sizes))
-        best = max(best, rate)
-        if one > budget / 4:
+        if best and flops / best > budget / 4:
             break
+        rate, _ = best_rate(op, flops, device, budget / len(sizes))
+        best = max(best, rate)
     return best
 
 
