@@ -39,7 +39,9 @@ class TrainConfig:
     model: str = opt("notes-cnn", "network (see `torchlab models`)")
     epochs: int = opt(3, "passes over the training split")
     batch_size: int = opt(64, "training images per step (lm: parallel text streams)")
-    eval_batch_size: int = opt(1000, "images per step when evaluating (does not change results)")
+    # 256: on a 2-core EPYC Zen 3, chunks of 128-256 score 1.3-2x faster than chunks of 1000, whose
+    # activations (1000 x 32 x 26 x 26 floats = 87 MB) no longer fit in the caches.
+    eval_batch_size: int = opt(256, "images per step when evaluating (does not change results)")
     optimizer: str = opt("adam", "update rule", ["sgd", "adam", "adamw"])
     lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)")
     momentum: float = opt(0.9, "momentum for sgd (Nesterov)")
