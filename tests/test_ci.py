@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.isa_independent  # checks the variables themselves, from a fresh process each
 
 
 def reduced() -> dict[str, str]:

@@ -128,6 +128,7 @@ def worker_pids(parent: int, rank: int) -> list[int]:
     return pids
 
 
+@pytest.mark.isa_independent
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_a_dead_rank_stops_the_others_and_leaves_the_checkpoint_intact(tiny_data, tmp_path):
     run = torchrun(["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--epochs", "200",

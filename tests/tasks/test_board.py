@@ -17,6 +17,7 @@ from torchlab.cli import main
 from torchlab.tasks import board
 
 CHROMIUM = find_chromium()
+pytestmark = pytest.mark.isa_independent
 
 
 def test_missing_folder_and_bad_port_are_one_line_errors(tmp_path, capsys):

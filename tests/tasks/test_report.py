@@ -168,6 +168,7 @@ def test_language_model_report(tmp_path, capsys):
 
 
 @needs_chromium
+@pytest.mark.isa_independent
 def test_report_images_load_in_chromium(image_run_copy):
     run, _ = image_run_copy
     assert main(["report", str(run)]) == 0
