@@ -25,6 +25,8 @@ MODELS: dict[str, ModelEntry] = {
     "vgg-tiny": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64)}, "vgg-small at half the width (16/32/64)"),
     "vgg-tiny-lean": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64), "convs_per_stage": (1, 2, 2), "dropout": 0.0},
                                 "vgg-tiny with one conv at full resolution, no dropout: for 2-epoch runs"),
+    "vgg-mini": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 48), "convs_per_stage": (1, 2, 2), "dropout": 0.0},
+                           "vgg-tiny-lean with a 48-wide last stage: for 2-epoch fp32 runs"),
     "vgg-lean": ModelEntry(VGGConfig, VGGNet, {"convs_per_stage": (1, 2, 2)},
                            "vgg-small with one conv at full resolution: 3/4 of its multiply-adds"),
 }
