@@ -120,7 +120,7 @@ def torchlab_pipeline(data_dir: str, epochs: int, seed: int, extra: list[str], d
     summary = torchlab_json(["train", "fashion-mnist", "--model", "notes-cnn", "--epochs", str(epochs),
                              "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3", "--val-size", "0",
                              "--test-every-epoch", "--seed", str(seed), "--data-dir", data_dir,
-                             "--run-dir", str(run_dir), "--device", device, *extra])
+                             "--run-dir", str(run_dir), "--device", device, "--precision", "fp32", *extra])
     return [row | {"notes_acc": None, "scored": 10000} for row in epoch_rows(summary)]
 
 

@@ -41,7 +41,6 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from notes_vs_torchlab import NotesNet, epoch_rows, notes_pipeline, torchvision_root, whole_test_accuracy
-from run_cli import torchlab_json
 from torchlab.models.registry import build_model, count_macs, model_config
 
 TARGETS = (0.90, 0.91, 0.92, 0.93, 0.94)
@@ -122,13 +121,20 @@ def examples_recipe(root: Path, epochs: int, seed: int, device: str) -> list[dic
 
 
 def torchlab_run(data_dir: str, device: str, flags: list[str]) -> tuple[list[dict], dict]:
-    """(epoch rows, resolved config) of one `torchlab train` run."""
+    """(epoch rows, resolved config) of one run of the `torchlab` command, as a user starts it (in a process
+    of its own, so with the memory allocator the command picks)."""
+    import subprocess
     import tomllib
 
     run_dir = Path(tempfile.mkdtemp()) / "run"
-    s = torchlab_json(["train", "fashion-mnist", "--val-size", "0", "--test-every-epoch", "--data-dir", data_dir,
-                       "--device", device, "--run-dir", str(run_dir), *flags])
-    return epoch_rows(s), tomllib.loads((run_dir / "config.toml").read_text())
+    command = [str(Path(sys.executable).parent / "torchlab"), "train", "fashion-mnist", "--val-size", "0",
+               "--test-every-epoch", "--data-dir", data_dir, "--device", device, "--run-dir", str(run_dir), *flags,
+               "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed: {done.stderr[-1000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return epoch_rows(summary), tomllib.loads((run_dir / "config.toml").read_text())
 
 
 def macs_of(name: str) -> int:
