@@ -150,7 +150,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Reaches >= 93% test accuracy on Fashion-MNIST in under 10 minutes on 2 CPU cores.
     "strong": {
         "model": "vgg-small",  # BN + 3x3 convs: accurate per multiply-add
-        "epochs": 12,  # ~7 min on a 2-core Zen 4 (bf16); 10 epochs reach ~93.4-93.6%, 12 leave a margin
+        # ~7 min on a 2-core Zen 4 (bf16), 24 on a Zen 3 (fp32); 10 epochs reach ~93.4-93.6%, 12 leave a margin
+        "epochs": 12,
         "batch_size": 128,  # large enough to keep both cores busy, small enough to converge fast
         "optimizer": "sgd",  # Nesterov SGD + one-cycle converges quickly with BN
         "lr": 0.1,
