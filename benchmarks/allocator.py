@@ -17,15 +17,14 @@ defaults, threads bound to cores, and a passive wait policy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from run_cli import torchlab_train_process
 
 HERE = Path(__file__).resolve().parent
 LIBS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
@@ -55,15 +54,11 @@ def allocators() -> dict[str, dict]:
 
 def train(recipe: list[str], env: dict, data_dir: str, steps: int) -> tuple[float, int]:
     """(training img/s, minor page faults) of one `torchlab train` process."""
-    run_dir = Path(tempfile.mkdtemp()) / "run"
-    command = [str(Path(sys.executable).parent / "torchlab"), "train", "fashion-mnist", *recipe, "--data-dir",
-               data_dir, "--max-steps", str(steps), "--val-size", "0", "--run-dir", str(run_dir), "--quiet"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed: {done.stderr[-500:]}")
+    summary, _ = torchlab_train_process(["fashion-mnist", *recipe, "--data-dir", data_dir, "--max-steps", str(steps),
+                                         "--val-size", "0"], env)
     faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
-    return json.loads((run_dir / "summary.json").read_text())["images_per_second"], faults
+    return summary["images_per_second"], faults
 
 
 def measure(settings: dict[str, dict], recipes: list[str], args) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from notes_vs_torchlab import NotesNet, epoch_rows, notes_pipeline, torchvision_root, whole_test_accuracy
+from run_cli import torchlab_train_process
 from torchlab.models.registry import build_model, count_macs, model_config
 
 TARGETS = (0.90, 0.91, 0.92, 0.93, 0.94)
@@ -121,19 +121,11 @@ def examples_recipe(root: Path, epochs: int, seed: int, device: str) -> list[dic
 
 
 def torchlab_run(data_dir: str, device: str, flags: list[str]) -> tuple[list[dict], dict]:
-    """(epoch rows, resolved config) of one run of the `torchlab` command, as a user starts it (in a process
-    of its own, so with the memory allocator the command picks)."""
-    import subprocess
+    """(epoch rows, resolved config) of one run of the `torchlab` command, as a user starts it."""
     import tomllib
 
-    run_dir = Path(tempfile.mkdtemp()) / "run"
-    command = [str(Path(sys.executable).parent / "torchlab"), "train", "fashion-mnist", "--val-size", "0",
-               "--test-every-epoch", "--data-dir", data_dir, "--device", device, "--run-dir", str(run_dir), *flags,
-               "--quiet"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed: {done.stderr[-1000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary, run_dir = torchlab_train_process(["fashion-mnist", "--val-size", "0", "--test-every-epoch",
+                                               "--data-dir", data_dir, "--device", device, *flags])
     return epoch_rows(summary), tomllib.loads((run_dir / "config.toml").read_text())
 
 

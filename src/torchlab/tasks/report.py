@@ -103,7 +103,8 @@ def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device:
     from torchlab.logger import confusion_figure
     from torchlab.tasks.predict import score_checkpoint
 
-    batch = ckpt.get("train_config", {}).get("eval_batch_size", 1000)  # as the run scored it (1000 before 256 was the default)
+    # As the run scored it; checkpoints that do not say are from before 256 became the default.
+    batch = ckpt.get("train_config", {}).get("eval_batch_size", 1000)
     result, split, data, _ = score_checkpoint(ckpt, data_dir, device, batch, keep=True)
     probs = result["logprobs"].exp()  # [N, K], in split order
     classes = list(ckpt["classes"])
