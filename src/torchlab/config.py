@@ -51,6 +51,9 @@ class TrainConfig:
     augment: bool = opt(False, "random 2-pixel shifts (and flips where labels allow) while training")
     erase: float = opt(0.0, "with --augment: chance of blanking a random rectangle of each training image "
                             "(random erasing)")
+    photo: float = opt(0.0, "train on photo-like changes at this strength, what predict's preprocessing cannot "
+                            "fully undo (1: rotation up to 15 degrees, zoom up to 15%%, contrast down to 70%% over a "
+                            "background lifted up to 0.1, noise up to sigma 0.08; 0: off; not for image-folder)")
     ema: float = opt(0.0, "validate, keep and test an exponential moving average of the weights with this "
                           "decay per step, e.g. 0.999 (0: off)")
     tta: bool = opt(False, "average predictions over the image and its mirror when evaluating")
@@ -292,6 +295,8 @@ def check_values(values: dict[str, Any], origin: str, cls: type = TrainConfig) -
         raise UserError(f"{origin}: val_fraction must be in [0, 1), got {values['val_fraction']}", "e.g. 0.2")
     if "image_size" in values and not 8 <= values["image_size"] <= 1024:
         raise UserError(f"{origin}: image_size must be between 8 and 1024, got {values['image_size']}", "e.g. 64")
+    if "photo" in values and not 0 <= values["photo"] <= 2:
+        raise UserError(f"{origin}: photo must be between 0 and 2, got {values['photo']}", "e.g. 1, or 0 for none")
     if "tta_shift" in values and values["tta_shift"] > 8:
         raise UserError(f"{origin}: tta_shift must be at most 8 pixels, got {values['tta_shift']}", "e.g. 1")
     if "ema" in values and not 0 <= values["ema"] < 1:

@@ -371,3 +371,52 @@ def test_uint8_loader_serves_each_training_image_once_and_every_test_image_in_or
     xs, ys = zip(*test.epoch())
     assert torch.equal(torch.cat(ys), labels)
     torch.testing.assert_close(torch.cat(xs), normalise(images, (0.5,), (0.5,), torch.device("cpu")))
+
+
+def bars(n: int = 8) -> torch.Tensor:
+    """uint8 [n, 1, 28, 28]: a light vertical bar on black."""
+    x = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 4:24, 11:17] = 200
+    return x
+
+
+def test_photo_changes_at_strength_zero_change_nothing():
+    x = bars().float() / 255
+    out = vision.photo_changes(x.clone(), 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_photo_changes_stay_in_range_and_repeat_with_the_seed():
+    x = bars(16).float() / 255
+    a = vision.photo_changes(x.clone(), 1.0, torch.Generator().manual_seed(3))
+    b = vision.photo_changes(x.clone(), 1.0, torch.Generator().manual_seed(3))
+    c = vision.photo_changes(x.clone(), 1.0, torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len({round(float(v), 4) for v in a[:, 0, 0, 0]}) > 8  # each image its own lift and noise
+
+
+def test_photo_changes_turn_and_zoom_the_item():
+    x = bars(64).float() / 255
+    out = vision.photo_changes(x.clone(), 2.0, torch.Generator().manual_seed(0))
+    background = out[:, 0, :2, :2].mean(dim=(1, 2))  # lifted by up to 0.2, plus noise
+    assert 0 <= background.min() and background.max() < 0.3
+    # a turned bar spreads over more columns than the upright one (6): measured above the background
+    widths = ((out[:, 0] - background[:, None, None]) > 0.3).any(1).sum(1)
+    assert (widths > 7).sum() > 16
+
+
+def test_loader_photo_only_in_training_and_draws_match_across_processes():
+    images, labels = bars(32), torch.arange(32)
+    norm = ((0.3,), (0.3,))
+    whole = TensorLoader(images, labels, 16, train=True, seed=1, photo=1.0, norm=norm)
+    plain = TensorLoader(images, labels, 16, train=True, seed=1, norm=norm)
+    for (xa, _), (xp, _) in zip(whole.epoch(0), plain.epoch(0), strict=True):
+        assert not torch.equal(xa, xp)
+    halves = [TensorLoader(images, labels, 16, train=True, seed=1, photo=1.0, norm=norm, rows=rows)
+              for rows in (slice(0, 8), slice(8, 16))]
+    for (x, y), (x0, y0), (x1, y1) in zip(whole.epoch(0), halves[0].epoch(0), halves[1].epoch(0), strict=True):
+        assert torch.equal(torch.cat([y0, y1]), y)
+        torch.testing.assert_close(torch.cat([x0, x1]), x)  # every image changed as in one process
+    evaluation = TensorLoader(images, labels, 16, train=False, photo=1.0, norm=norm)
+    assert evaluation.photo == 0.0

@@ -217,6 +217,25 @@ def random_flip(x: torch.Tensor, gen: torch.Generator, draw: Draw = None) -> tor
     return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
+def photo_changes(x: torch.Tensor, strength: float, gen: torch.Generator, draw: Draw = None) -> torch.Tensor:
+    """What a photo leaves behind after predict's preprocessing, drawn per image of x [N, C, H, W] in [0, 1]
+    (items light on 0): at strength 1, a turn of up to 15 degrees and a zoom of up to 15% either way
+    (one bilinear resampling), contrast down to 70% over a background lifted up to 0.1, and Gaussian noise
+    of sigma up to 0.08."""
+    total, rows = drawn(x, draw)
+    u = torch.rand(total, 5, generator=gen, device=gen.device)[rows].to(x.device, x.dtype)  # [N, 5]
+    angle = (2 * u[:, 0] - 1) * math.radians(15 * strength)
+    zoom = 1 + (2 * u[:, 1] - 1) * 0.15 * strength  # > 1: the item larger in the frame
+    cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [N, 2, 3]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    contrast, lift = 1 - 0.3 * strength * u[:, 2], 0.1 * strength * u[:, 3]
+    x = lift.view(-1, 1, 1, 1) + contrast.view(-1, 1, 1, 1) * x
+    noise = torch.randn((total, *x.shape[1:]), generator=gen, device=gen.device)[rows].to(x.device, x.dtype)
+    return x.add_(noise.mul_((0.08 * strength * u[:, 4]).view(-1, 1, 1, 1))).clamp_(0, 1)
+
+
 class TensorLoader:
     """Batches from tensors already on the device.
 
@@ -231,13 +250,14 @@ class TensorLoader:
     """
 
     def __init__(self, images, labels, batch_size, train, seed=0, augment=False, flip=False, pad=2, fill=None,
-                 crop=0, norm=None, erase=0.0, rows=slice(None)):
+                 crop=0, norm=None, erase=0.0, photo=0.0, rows=slice(None)):
         self.images, self.labels = images, labels  # [N, C, H, W] uint8 (with norm) or float, [N] int64
         self.batch_size, self.train, self.seed = batch_size, train, seed
         # Training with several processes: `batch_size` is the global batch and this process takes `rows`
         # of each one (distributed.World.slice_of_batch); the order and the draws are the global ones.
         self.rows = rows
         self.augment, self.flip, self.pad, self.erase = augment and train, flip, pad, erase
+        self.photo = photo if train else 0.0  # strength of photo_changes (uint8 images, norm given, no crop)
         self.fill = fill  # float images: the padding value per channel [1, C, 1, 1] (None: zeros)
         # crop > 0: images are stored larger than the model's input (image folders); training takes
         # random resized crops of `crop` pixels when augmenting, the central crop otherwise.
@@ -268,17 +288,19 @@ class TensorLoader:
         return x if self.scale is None else x.float().mul_(self.scale).sub_(self.shift)
 
     def transform(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
-        if not self.augment:
+        if not self.augment and not self.photo:
             return self.standardise(centre_crop(x, self.crop) if self.crop else x)
         # One generator per batch, so skipping batches on resume replays the same draws.
         batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
         draw = (self.batch_size, self.rows)
         if self.crop:  # resampling needs floats
             x = random_resized_crop(self.standardise(x), self.crop, batch_gen, draw=draw)
-        else:
+        elif self.augment:
             x = random_crop(x, self.pad, self.fill, batch_gen, draw)
-        x = random_flip(x, batch_gen, draw) if self.flip else x
-        x = self.standardise(x) if not self.crop else x
+        x = random_flip(x, batch_gen, draw) if self.flip and self.augment else x
+        if self.photo:  # on [0, 1] images, whose background is 0; then standardised as x * scale - shift
+            x = photo_changes(x.float().div_(255), self.photo, batch_gen, draw).mul_(255 * self.scale).sub_(self.shift)
+        x = self.standardise(x) if not self.crop and not self.photo else x
         return random_erase(x, self.erase, batch_gen, draw) if self.erase else x
 
 

@@ -64,13 +64,16 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
     if val is None and info.test is None:
         raise UserError(f"--data-dir {cfg.data_dir}: nothing to evaluate on (no val/ or test/ sub-folder and "
                         "--val-fraction 0)", "give a --val-fraction above 0, or add a val/ sub-folder")
+    if cfg.photo and info.crop:
+        raise UserError(f"--photo {cfg.photo}: for datasets of whole items on a plain background (fashion-mnist, "
+                        "mnist, cifar10), not image folders", "drop --photo; image folders train on random crops")
     if len(train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
 
     mean, std, world = info.mean, info.std, distributed.WORLD
     train_loader = TensorLoader(train.images.to(device), train.labels.to(device), cfg.batch_size, train=True,
                                 seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad, crop=info.crop,
-                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0,
+                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0, photo=cfg.photo,
                                 rows=world.slice_of_batch(cfg.batch_size))
 
     def share(split):  # each process scores its contiguous part of an evaluation split
