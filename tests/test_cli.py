@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -73,6 +74,29 @@ def test_predict(trained, tmp_path, capsys):
     assert main(["predict", str(trained / "best.pt"), "item.png", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result[0]["top"]) == 3 and result[0]["top"][0]["prob"] >= result[0]["top"][1]["prob"]
+    steps = result[0]["preprocessing"]
+    assert steps["inverted"] and steps["levels"]["applied"] and steps["frame"]["item_box"] == [30, 10, 60, 50]
+
+
+def test_predict_show_saves_what_the_model_saw(trained, tmp_path, capsys):
+    img = Image.new("RGB", (120, 80), (230, 220, 200))  # a dark block on tinted paper
+    img.paste((40, 40, 40), (40, 10, 70, 70))
+    img.save(tmp_path / "item.png")
+    img.save(tmp_path / "copy.png")
+    assert main(["predict", str(trained / "best.pt"), "item.png", "--show", "seen/one.png"]) == 0
+    out = capsys.readouterr().out
+    assert "inverted" in out and "seen/one.png" in out
+    seen = Image.open(tmp_path / "seen" / "one.png")
+    assert seen.size == (28, 28) and seen.mode == "L"
+    pixels = np.asarray(seen).ravel().tolist()
+    assert max(pixels) == 255 and pixels[0] == 0  # light item, black background: the dataset's look
+    assert main(["predict", str(trained / "best.pt"), "item.png", "copy.png", "--show", "two.png",
+                 "--no-levels", "--no-denoise", "--no-frame"]) == 0
+    two = Image.open(tmp_path / "two.png")
+    assert two.size == (56, 28) and two.getpixel((0, 0)) > 0  # side by side; the paper left as it was
+    code = main(["predict", str(trained / "best.pt"), "item.png", "--show", str(tmp_path / "item.png" / "x.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("torchlab: error: --show")
 
 
 @pytest.mark.parametrize("argv, fragments", [

@@ -148,12 +148,43 @@ def cmd_eval(args) -> int:
     from torchlab.tasks import predict
 
     ckpt = checkpoint.load(args.checkpoint)
+    if args.corruptions:
+        return corruption_eval(ckpt, args)
     result = predict.evaluate_checkpoint(ckpt, args.data_dir, args.device, args.batch_size, args.out)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"} | {"confusion": result["confusion"].tolist()}, indent=2))
     else:
         print(predict.eval_text(result))
     return 0
+
+
+def corruption_eval(ckpt: dict, args) -> int:
+    from torchlab.tasks import robustness
+
+    result = robustness.corruption_table(ckpt, args.data_dir, args.device, args.images, args.seed,
+                                         photo_options(args))
+    result["test_acc"] = robustness.full_test_accuracy(ckpt, args.data_dir, args.device)
+    print(json.dumps(result, indent=2) if args.json else robustness.table_text(result))
+    return 0
+
+
+def photo_options(args):
+    from torchlab.data.photo import PhotoOptions
+
+    return PhotoOptions(invert=args.invert, levels=not args.no_levels, denoise=not args.no_denoise,
+                        frame=not args.no_frame)
+
+
+def add_photo_flags(p) -> None:
+    """How predict (and eval --corruptions) make a photo look like the dataset's images (data/photo.py)."""
+    p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
+                   help="make the item light on dark (auto: when the background is lighter than the item)")
+    p.add_argument("--no-levels", action="store_true",
+                   help="keep the photo's levels (default: background to black, the item's brightest part to white)")
+    p.add_argument("--no-denoise", action="store_true",
+                   help="keep the photo's grain (default: a 3x3 median filter where the background is noisy)")
+    p.add_argument("--no-frame", action="store_true",
+                   help="keep the photo's framing (default: trim to the item and frame it as the dataset did)")
 
 
 def cmd_predict(args) -> int:
@@ -164,12 +195,16 @@ def cmd_predict(args) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: must be at least 1", "e.g. --top-k 3")
     ckpt = checkpoint.load(args.checkpoint)
-    results = predict.predict_paths(ckpt, args.images, pick_device(args.device), args.top_k, args.invert)
+    results = predict.predict_paths(ckpt, args.images, pick_device(args.device), args.top_k, photo_options(args),
+                                    args.show)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for r in results:
-        print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"]))
+        print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
+              + predict.steps_text(r["preprocessing"]))
+    if args.show:
+        print(f"model input{'s' if len(results) > 1 else ''} saved to {args.show}")
     return 0
 
 
@@ -231,22 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = subparser(subs, "eval", "score a checkpoint on its test set: accuracy, per-class accuracy, confusion matrix",
-                  "torchlab eval runs/my-run/best.pt --out confusion.png")
+                  "torchlab eval runs/my-run/best.pt --out confusion.png   |   torchlab eval runs/my-run/best.pt --corruptions")
     p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--batch-size", type=int, default=1000, help="images per step (does not change results)")
     p.add_argument("--out", help="where to write the confusion matrix PNG (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    group = p.add_argument_group("corruptions (grayscale datasets)")
+    group.add_argument("--corruptions", action="store_true",
+                       help="instead: accuracy on test images corrupted as photos are (blur, noise, JPEG, paper, "
+                            "rotation, ...; 3 severities each), read the way `predict` reads a photo")
+    group.add_argument("--images", type=int, default=1000, help="test images sampled for --corruptions")
+    group.add_argument("--seed", type=int, default=0, help="seed of the sample and the corruptions")
+    add_photo_flags(group)
     p.set_defaults(func=cmd_eval)
 
     p = subparser(subs, "predict", "classify image files with a trained checkpoint",
-                  "torchlab predict runs/my-run/best.pt shoe.jpg shirt.png --top-k 3")
+                  "torchlab predict runs/my-run/best.pt shoe.jpg shirt.png --top-k 3 --show seen.png")
     p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP or GIF files, any size and mode")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
-    p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
-                   help="make the object light on dark (auto: when the image border is light)")
+    add_photo_flags(p)
+    p.add_argument("--show", metavar="OUT.png", help="save the model-sized input(s) the model saw, side by side")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_predict)

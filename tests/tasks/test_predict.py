@@ -11,10 +11,18 @@ from PIL import Image
 
 from torchlab.errors import UserError
 from torchlab.models.cnn import NotesCNN, NotesCNNConfig
-from torchlab.tasks.predict import model_from_checkpoint, open_image, predict_paths, prepare, to_grayscale
+from torchlab.data.photo import PhotoOptions, prepare_gray, to_grayscale
+from torchlab.tasks.predict import model_from_checkpoint, open_image, predict_paths
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CPU = torch.device("cpu")
+
+
+def prepare(img: Image.Image, size: int, invert: str, **steps) -> np.ndarray:
+    """predict's preprocessing of one photo for a Fashion-MNIST model, as an array [size, size]."""
+    return prepare_gray(img, size, "fill", PhotoOptions(invert=invert, **steps))[0]
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -168,7 +176,7 @@ def test_every_mode_and_format_is_read_as_intended(tmp_path, case):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_predict_every_mode_and_format(tmp_path, ckpt, case, top_k):
     path = write_case(tmp_path, case)
-    results = predict_paths(ckpt, [str(path)], CPU, top_k, "auto")
+    results = predict_paths(ckpt, [str(path)], CPU, top_k)
     assert len(results) == 1
     check_result(results[0], path, top_k, ckpt)
 
@@ -176,11 +184,13 @@ def test_predict_every_mode_and_format(tmp_path, ckpt, case, top_k):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_prepare_every_mode_inverts_dark_object_on_white(tmp_path, case):
     path = write_case(tmp_path, case)
-    out = prepare(open_image(path), 28, "auto")
+    out, steps = prepare_gray(open_image(path), 28)
     assert out.dtype == np.float32 and out.shape == (28, 28)
-    assert out.min() >= 0 and out.max() <= 1
-    assert out[0].mean() < 0.1 and out[-1].mean() < 0.1 and out[:, 0].mean() < 0.1 and out[:, -1].mean() < 0.1
-    assert out[13:15, 13:15].mean() > 0.7  # the (dark) object comes out light
+    assert out.min() >= 0 and out.max() <= 1 and steps["inverted"]
+    assert out[13:15, 13:15].mean() > 0.7  # the (dark) object comes out light, framed to fill the frame
+    whole = prepare(open_image(path), 28, "auto", frame=False)  # unframed, the white border shows: now black
+    assert whole[0].mean() < 0.1 and whole[-1].mean() < 0.1 and whole[:, 0].mean() < 0.1 and whole[:, -1].mean() < 0.1
+    assert whole[13:15, 13:15].mean() > 0.7
 
 
 def test_animated_gif_uses_first_frame(tmp_path, ckpt):
@@ -189,13 +199,13 @@ def test_animated_gif_uses_first_frame(tmp_path, ckpt):
         assert img.format == "GIF" and getattr(img, "n_frames", 1) == 2
     out = prepare(open_image(path), 28, "auto")
     assert out[0].mean() < 0.1 and out[13:15, 13:15].mean() > 0.7
-    results = predict_paths(ckpt, [str(path)], CPU, 3, "auto")
+    results = predict_paths(ckpt, [str(path)], CPU, 3)
     check_result(results[0], path, 3, ckpt)
 
 
 def test_predict_batch_of_all_formats_keeps_order(tmp_path, ckpt):
     paths = [write_case(tmp_path, case) for case in CASES] + [write_animated_gif(tmp_path)]
-    results = predict_paths(ckpt, [str(p) for p in paths], CPU, 2, "auto")
+    results = predict_paths(ckpt, [str(p) for p in paths], CPU, 2)
     assert [r["image"] for r in results] == [str(p) for p in paths]
     for result, path in zip(results, paths):
         check_result(result, path, 2, ckpt)
@@ -204,7 +214,7 @@ def test_predict_batch_of_all_formats_keeps_order(tmp_path, ckpt):
 @pytest.mark.parametrize("top_k", [11, 50])
 def test_top_k_is_capped_at_class_count(tmp_path, ckpt, top_k):
     path = write_case(tmp_path, CASES[0])
-    (result,) = predict_paths(ckpt, [str(path)], CPU, top_k, "auto")
+    (result,) = predict_paths(ckpt, [str(path)], CPU, top_k)
     assert len(result["top"]) == len(CLASSES)
     assert sorted(t["index"] for t in result["top"]) == list(range(10))
     assert {t["class"] for t in result["top"]} == set(CLASSES)
@@ -215,7 +225,7 @@ def test_class_names_come_from_checkpoint(tmp_path):
     ckpt = make_checkpoint()
     ckpt["classes"] = [f"class-{i}" for i in range(10)]
     path = write_case(tmp_path, CASES[0])
-    (result,) = predict_paths(ckpt, [str(path)], CPU, 10, "auto")
+    (result,) = predict_paths(ckpt, [str(path)], CPU, 10)
     assert all(t["class"] == f"class-{t['index']}" for t in result["top"])
 
 
@@ -224,8 +234,8 @@ def test_normalisation_comes_from_checkpoint(tmp_path):
     a = make_checkpoint()
     b = make_checkpoint()
     b["mean"], b["std"] = [0.9], [0.1]
-    (ra,) = predict_paths(a, [str(path)], CPU, 10, "auto")
-    (rb,) = predict_paths(b, [str(path)], CPU, 10, "auto")
+    (ra,) = predict_paths(a, [str(path)], CPU, 10)
+    (rb,) = predict_paths(b, [str(path)], CPU, 10)
     assert [t["prob"] for t in ra["top"]] != pytest.approx([t["prob"] for t in rb["top"]], abs=1e-4)
 
 
@@ -247,7 +257,7 @@ def square(light_object: bool, w: int = 40, h: int = 40) -> Image.Image:
     ],
 )
 def test_prepare_inversion(light_object, invert, center_light, border_light):
-    out = prepare(square(light_object), 28, invert)
+    out = prepare(square(light_object), 28, invert, frame=False)  # unframed, so the border stays in view
     assert out.dtype == np.float32 and out.shape == (28, 28)
     assert 0 <= out.min() and out.max() <= 1
     center, border = out[12:16, 12:16].mean(), np.concatenate([out[0], out[-1], out[:, 0], out[:, -1]]).mean()
@@ -263,7 +273,10 @@ def test_prepare_output_size(size):
 
 @pytest.mark.parametrize("w,h", [(120, 40), (40, 120), (400, 300), (30, 70), (64, 64)])
 def test_prepare_keeps_aspect_ratio(w, h):
-    out = prepare(Image.new("L", (w, h), 255), 28, "no")  # a white bar: padded with black, not stretched
+    bar = np.zeros((h, w), dtype=np.uint8)
+    bar[1:-1, 1:-1] = 255  # a white bar in a 1-pixel black frame: trimmed, framed, not stretched
+    out = prepare(Image.fromarray(bar), 28, "no")
+    w, h = w - 2, h - 2
     side = max(w, h)
     margin = (side - min(w, h)) / 2 * 28 / side  # background rows (wide) or columns (tall) on each side
     if w == h:
@@ -285,14 +298,14 @@ def test_prepare_wide_dark_on_white_pads_with_background():
 
 def test_prepare_applies_jpeg_exif_orientation(tmp_path):
     arr = np.zeros((20, 60), dtype=np.uint8)
-    arr[:, :] = 250  # a light wide bar on nothing
+    arr[2:-2, 2:-2] = 250  # a light wide bar on black
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: shown tall
     path = tmp_path / "rotated.jpg"
     Image.fromarray(arr).save(path, exif=exif)
     out = prepare(open_image(path), 28, "no")
     assert out[:, :3].max() < 0.05 and out[:, -3:].max() < 0.05  # tall: padded left and right
-    assert out[:3, 14].min() > 0.9
+    assert out[2:5, 14].min() > 0.9  # the bar fills the height (its JPEG-blurred edge row aside)
 
 
 def test_sixteen_bit_full_range_maps_to_unit_interval(tmp_path):
@@ -308,7 +321,7 @@ def test_sixteen_bit_full_range_maps_to_unit_interval(tmp_path):
     gray = to_grayscale(reread)
     assert gray.min() == 0.0 and gray.max() == 1.0
     assert gray[0, 0] == pytest.approx(1 / 65535)
-    out = prepare(reread, 30, "no")
+    out = prepare(reread, 30, "no", levels=False, frame=False)
     assert out[:, :14].max() < 0.02 and out[:, 16:].min() > 0.98
 
 
@@ -417,10 +430,10 @@ def test_batch_with_one_bad_file_predicts_nothing(tmp_path, ckpt, monkeypatch, k
     paths = [str(p) for p in good]
     paths.insert(position, str(bad))
     with pytest.raises(UserError) as info:
-        predict_paths(ckpt, paths, CPU, 3, "auto")
+        predict_paths(ckpt, paths, CPU, 3)
     assert str(bad) in info.value.message
     assert calls == []
-    results = predict_paths(ckpt, [str(p) for p in good], CPU, 3, "auto")
+    results = predict_paths(ckpt, [str(p) for p in good], CPU, 3)
     assert len(results) == 2 and len(calls) == 1
 
 

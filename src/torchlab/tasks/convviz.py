@@ -23,7 +23,8 @@ from torchlab import checkpoint
 from torchlab.errors import UserError
 from torchlab.logger import new_run_dir, open_writer, say
 from torchlab.models.cnn import conv_out
-from torchlab.tasks.predict import model_from_checkpoint, open_image, to_grayscale
+from torchlab.data.photo import to_grayscale
+from torchlab.tasks.predict import model_from_checkpoint, open_image
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}
 PNGS = ("input.png", "output.png", "pooled.png", "kernels.png")

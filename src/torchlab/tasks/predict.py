@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from torchlab.data import catalog
+from torchlab.data.photo import FRAMINGS, PhotoOptions, prepare_gray
 from torchlab.data.vision import eval_loader
 from torchlab.engine import evaluate, per_class_accuracy
 from torchlab.runtime import for_scoring, pick_device
@@ -50,39 +51,6 @@ def open_image(path: Path) -> Image.Image:
     return img
 
 
-def to_grayscale(img: Image.Image) -> np.ndarray:
-    """Any mode -> float array [H, W] in [0, 1]; transparent pixels become white, as a viewer shows them."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)  # 16/32-bit: scale by the range actually used
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return np.clip(a / hi, 0, 1)
-    if "transparency" in img.info or img.mode in ("LA", "PA"):  # a tRNS entry (P, L or RGB) or an alpha band
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
-
-
-def prepare(img: Image.Image, size: int, invert: str = "auto") -> np.ndarray:
-    """Make a photo look like a dataset image: grayscale, light object on dark, square, `size` pixels.
-
-    Fashion-MNIST items are light on a black background; a product photo is
-    usually dark on white, so a light border means the image gets inverted.
-    """
-    gray = to_grayscale(ImageOps.exif_transpose(img) if img.format == "JPEG" else img)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if invert == "yes" or (invert == "auto" and border.mean() > 0.5):
-        gray = 1.0 - gray
-    h, w = gray.shape
-    side = max(h, w)  # pad to a square with the background (now dark), keeping the aspect ratio
-    canvas = np.zeros((side, side))
-    top, left = (side - h) // 2, (side - w) // 2
-    canvas[top : top + h, left : left + w] = gray
-    square = Image.fromarray((canvas * 255).round().astype(np.uint8))
-    return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
-
-
 def prepare_rgb(img: Image.Image, size: int, task: str) -> np.ndarray:
     """A photo for a colour model, as its evaluation saw images: [3, size, size] in [0, 1].
 
@@ -102,25 +70,67 @@ def centre_box(side: int, size: int) -> tuple[int, int, int, int]:
     return start, start, start + size, start + size
 
 
-def predict_paths(ckpt: dict, paths: list[str], device: torch.device, top_k: int, invert: str) -> list[dict]:
-    model = model_from_checkpoint(ckpt, device)
+def prepare_images(ckpt: dict, images: list[Image.Image], options: PhotoOptions) -> tuple[torch.Tensor, list[dict]]:
+    """Photos -> the model's input [N, C, size, size] in [0, 1], made to look like the dataset's images,
+    and the steps taken for each (see data/photo.py)."""
     size = ckpt["model_config"].get("image_size", 28)
+    if len(ckpt["mean"]) == 3:  # colour models: resized and cropped as their evaluation saw images
+        arrays = np.stack([prepare_rgb(img, size, ckpt["task"]) for img in images])
+        return torch.from_numpy(arrays), [{"resized_and_cropped": size} for _ in images]
+    style = FRAMINGS.get(ckpt.get("task"), "fill")
+    prepared = [prepare_gray(img, size, style, options) for img in images]
+    return torch.from_numpy(np.stack([a for a, _ in prepared]))[:, None], [steps for _, steps in prepared]
+
+
+def probabilities(model: torch.nn.Module, ckpt: dict, x: torch.Tensor, device: torch.device,
+                  chunk: int = 256) -> torch.Tensor:
+    """Class probabilities [N, classes] for model inputs x [N, C, S, S] in [0, 1], in fixed chunks."""
     mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
-    images = [open_image(Path(p)) for p in paths]  # all validated before any work
-    if len(ckpt["mean"]) == 3:  # [N, 3, size, size]
-        arrays = np.stack([prepare_rgb(img, size, ckpt["task"]) for img in images])
-    else:  # [N, 1, size, size]
-        arrays = np.stack([prepare(img, size, invert) for img in images])[:, None]
-    x = (torch.from_numpy(arrays) - mean) / std
     with torch.inference_mode():
-        probs = model(x.to(device)).float().softmax(1).cpu()
+        return torch.cat([model(((x[i : i + chunk] - mean) / std).to(device)).float().softmax(1).cpu()
+                          for i in range(0, len(x), chunk)])
+
+
+def save_inputs(x: torch.Tensor, path: str) -> None:
+    """--show: the model-sized inputs [N, C, S, S] side by side in one PNG, exactly the model's pixels."""
+    strip = torch.cat(list(x), dim=2)  # [C, S, N * S]
+    array = (strip.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).squeeze(2).numpy()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--show {path}: cannot write ({getattr(e, 'strerror', None) or e})",
+                        "pass --show with a writable .png path") from None
+
+
+def steps_text(steps: dict) -> str:
+    """One short note of what preprocessing changed, for the text output (the JSON has every detail)."""
+    done = []
+    if steps.get("inverted"):
+        done.append("inverted")
+    if steps.get("levels", {}).get("applied"):
+        done.append(f"background {steps['levels']['background']:.2f} -> 0")
+    if steps.get("frame", {}).get("applied"):
+        left, top, right, bottom = steps["frame"]["item_box"]
+        done.append(f"item {right - left}x{bottom - top} px framed")
+    return f"  ({'; '.join(done)})" if done else ""
+
+
+def predict_paths(ckpt: dict, paths: list[str], device: torch.device, top_k: int,
+                  options: PhotoOptions = PhotoOptions(), show: str | None = None) -> list[dict]:
+    model = model_from_checkpoint(ckpt, device)
+    images = [open_image(Path(p)) for p in paths]  # all validated before any work
+    x, steps = prepare_images(ckpt, images, options)
+    if show:
+        save_inputs(x, show)
+    probs = probabilities(model, ckpt, x, device)
     k = min(top_k, probs.shape[1])
     results = []
-    for path, p in zip(paths, probs):
+    for path, p, done in zip(paths, probs, steps):
         values, indices = p.topk(k)
         results.append({"image": path, "top": [{"class": ckpt["classes"][i], "index": int(i), "prob": float(v)}
-                                              for v, i in zip(values, indices)]})
+                                              for v, i in zip(values, indices)], "preprocessing": done})
     return results
 
 
