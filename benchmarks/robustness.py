@@ -99,10 +99,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    results = []
+    results, cache = [], {}  # the corrupted, preprocessed images, made once for every checkpoint
     for name, path in contenders(args):
         ckpt = checkpoint.load(str(path))
-        r = robustness.corruption_table(ckpt, args.data_dir, args.device, args.images, args.seed)
+        r = robustness.corruption_table(ckpt, args.data_dir, args.device, args.images, args.seed, cache=cache)
         r["test_acc"] = robustness.full_test_accuracy(ckpt, args.data_dir, args.device)
         print(f"\n== {name}\n{robustness.table_text(r)}", flush=True)
         results.append((name, r, train_seconds(path)))

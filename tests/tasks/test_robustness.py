@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY
+from torchlab import checkpoint
 from torchlab.cli import main
 from torchlab.data.corrupt import CORRUPTIONS
 from torchlab.errors import UserError
@@ -38,9 +39,17 @@ def test_eval_corruptions_table_and_json(trained, tiny_data, capsys):
     assert r["gap"] == pytest.approx(r["clean_acc"] - r["corruption_acc"])
     assert all(a * 20 == pytest.approx(round(a * 20)) for a in accs + [r["clean_acc"]])  # counts out of 20
     assert 0 <= r["test_acc"] <= 1 and r["images"] == 20
-    again = robustness.corruption_table(__import__("torchlab.checkpoint").checkpoint.load(str(trained)),
-                                        str(tiny_data), "cpu", 20)
+    ckpt = checkpoint.load(str(trained))
+    cache = {}
+    again = robustness.corruption_table(ckpt, str(tiny_data), "cpu", 20, cache=cache)
     assert again["corruptions"] == r["corruptions"]  # seeded: the same images and the same answers
+    inputs = cache["inputs"]
+    assert set(inputs) == {("clean", 0)} | {(name, s) for name in CORRUPTIONS for s in (1, 2, 3)}
+    assert all(x.shape == (20, 1, 28, 28) and 0 <= x.min() and x.max() <= 1 for x in inputs.values())
+    cached = robustness.corruption_table(ckpt, str(tiny_data), "cpu", 20, cache=cache)
+    assert cache["inputs"] is inputs and cached["corruptions"] == r["corruptions"]  # reused, not rebuilt
+    other = robustness.corruption_table(ckpt, str(tiny_data), "cpu", 20, seed=1, cache=cache)
+    assert cache["inputs"] is not inputs and other["seed"] == 1  # a new sample: made again
 
 
 def test_sample_is_seeded_and_without_repeats():
