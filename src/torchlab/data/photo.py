@@ -149,7 +149,7 @@ def frame(item: np.ndarray, size: int, style: str, fill: float) -> np.ndarray:
         weight = (small - fill).clip(0)
         cy = (weight.sum(1) * np.arange(sh)).sum() / weight.sum()
         cx = (weight.sum(0) * np.arange(sw)).sum() / weight.sum()
-        top, left = round((size - 1) / 2 - cy), round((size - 1) / 2 - cx)
+        top, left = round(size / 2 - cy), round(size / 2 - cx)  # MNIST has its mass at (14, 14), 0-based
         top, left = min(max(top, 0), size - sh), min(max(left, 0), size - sw)
     else:
         top, left = (size - sh + 1) // 2, (size - sw + 1) // 2  # an odd margin's extra pixel on top and left
