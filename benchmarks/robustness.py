@@ -1,6 +1,6 @@
 """Fashion-MNIST corruptions: how each recipe's checkpoint does on test images made to look like photos.
 
-    python benchmarks/robustness.py --train --runs /tmp/robust --data-dir ../shared/data    # trains 6 (~70 min)
+    python benchmarks/robustness.py --train --runs /tmp/robust --data-dir ../shared/data    # trains 7 (~90 min, Zen 3)
     python benchmarks/robustness.py notes=runs/a/last.pt strong=runs/b/last.pt --images 2000
 
 In the spirit of MNIST-C (Mu and Gilmer, 2019): a seeded sample of the test split is corrupted in memory

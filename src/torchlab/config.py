@@ -52,8 +52,9 @@ class TrainConfig:
     erase: float = opt(0.0, "with --augment: chance of blanking a random rectangle of each training image "
                             "(random erasing)")
     photo: float = opt(0.0, "train on photo-like changes at this strength, what predict's preprocessing cannot "
-                            "fully undo (1: rotation up to 15 degrees, zoom up to 15%%, contrast down to 70%% over a "
-                            "background lifted up to 0.1, noise up to sigma 0.08; 0: off; not for image-folder)")
+                            "fully undo (1: a turn of up to 15 degrees refitted to the frame, a zoom-in of up to 25%%, "
+                            "blur up to sigma 1 and noise up to sigma 0.08 on half the images each; 0: off; not for "
+                            "image-folder)")
     ema: float = opt(0.0, "validate, keep and test an exponential moving average of the weights with this "
                           "decay per step, e.g. 0.999 (0: off)")
     tta: bool = opt(False, "average predictions over the image and its mirror when evaluating")

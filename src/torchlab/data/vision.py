@@ -218,22 +218,33 @@ def random_flip(x: torch.Tensor, gen: torch.Generator, draw: Draw = None) -> tor
 
 
 def photo_changes(x: torch.Tensor, strength: float, gen: torch.Generator, draw: Draw = None) -> torch.Tensor:
-    """What a photo leaves behind after predict's preprocessing, drawn per image of x [N, C, H, W] in [0, 1]
-    (items light on 0): at strength 1, a turn of up to 15 degrees and a zoom of up to 15% either way
-    (one bilinear resampling), contrast down to 70% over a background lifted up to 0.1, and Gaussian noise
-    of sigma up to 0.08."""
+    """What a photo still carries after predict's preprocessing (data/photo.py), on a random half of
+    x [N, C, H, W] in [0, 1] (items light on 0); the other half stays as it is, so the clean images keep
+    their accuracy. Levels undo contrast, brightness and paper, and the framing undoes position and size, so
+    at strength 1 a changed image gets: a turn of up to 15 degrees with the item shrunk to fit its frame
+    again, as predict refits a turned item; a zoom-in of up to 25% that cuts the edges (an item larger than
+    its frame); and, on a random half each, the softness of a small or blurred item (shrunk to as little as
+    45% and enlarged back) and grain (Gaussian noise of sigma up to 0.08)."""
     total, rows = drawn(x, draw)
-    u = torch.rand(total, 5, generator=gen, device=gen.device)[rows].to(x.device, x.dtype)  # [N, 5]
-    angle = (2 * u[:, 0] - 1) * math.radians(15 * strength)
-    zoom = 1 + (2 * u[:, 1] - 1) * 0.15 * strength  # > 1: the item larger in the frame
+    u = torch.rand(total, 6, generator=gen, device=gen.device)[rows].to(x.device, x.dtype)  # [N, 6]
+    changed = u[:, 0] < 0.5
+    angle = (2 * u[:, 1] - 1) * math.radians(15 * strength) * changed
+    # > 1 enlarges the item; a turned box is |cos| + |sin| times wider, and predict shrinks it back into frame
+    zoom = (1 + 0.25 * strength * u[:, 2] * changed) / (angle.cos().abs() + angle.sin().abs())
     cos, sin, zero = angle.cos() / zoom, angle.sin() / zoom, torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [N, 2, 3]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast, lift = 1 - 0.3 * strength * u[:, 2], 0.1 * strength * u[:, 3]
-    x = lift.view(-1, 1, 1, 1) + contrast.view(-1, 1, 1, 1) * x
+    turned = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = torch.where(changed.view(-1, 1, 1, 1), turned, x)  # the unchanged half skips the resampling's blur
+    # A small or blurred item is soft once predict enlarges it: shrunk to a share `side` of its size (one
+    # share per batch, from 1 down to 0.45 at strength 1) and enlarged back.
+    side = 1 - min(0.55 * strength, 0.7) * float(torch.rand(1, generator=gen, device=gen.device))
+    small = F.interpolate(x, scale_factor=side, mode="bilinear", antialias=True, align_corners=False)
+    soft = F.interpolate(small, size=x.shape[2:], mode="bilinear", align_corners=False)
+    x = torch.where((changed & (u[:, 3] < 0.5)).view(-1, 1, 1, 1), soft, x)
+    grain = (changed * (u[:, 4] < 0.5) * 0.08 * strength * u[:, 5]).view(-1, 1, 1, 1)
     noise = torch.randn((total, *x.shape[1:]), generator=gen, device=gen.device)[rows].to(x.device, x.dtype)
-    return x.add_(noise.mul_((0.08 * strength * u[:, 4]).view(-1, 1, 1, 1))).clamp_(0, 1)
+    return x.add_(noise.mul_(grain)).clamp_(0, 1)
 
 
 class TensorLoader:
