@@ -21,7 +21,7 @@ import time
 import torch
 
 from torchlab.runtime import pick_device
-from torchlab.tasks.linreg import fit_manual, fit_module, make_problem
+from torchlab.commands.linreg import fit_manual, fit_module, make_problem
 
 SLOPE, INTERCEPT = 3.0, 0.8
 # setting -> (noise, samples, steps, {method: lr})

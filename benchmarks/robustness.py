@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from torchlab import checkpoint
-from torchlab.tasks import robustness
+from torchlab import scoring as robustness  # the corruption table lives in scoring.py
 
 CONTENDERS = {  # name -> `torchlab train fashion-mnist` flags
     "notes": ["--recipe", "notes"],

@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args(argv)
-    from torchlab import doctor
+    from torchlab.commands import doctor
 
     device = args.device
     print(doctor.text(doctor.report(argparse.Namespace(device=device, measure=False, data_dir=args.data_dir))))

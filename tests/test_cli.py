@@ -164,3 +164,12 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["--debug", "eval", "missing.pt"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_run_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    code = main(["train", "fashion-mnist", "--run-dir", str(tmp_path / "notes.txt"), "--data-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == f"torchlab: error: --run-dir {tmp_path / 'notes.txt'}: is a file, not a folder (choose another --run-dir)"
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

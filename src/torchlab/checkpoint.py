@@ -22,7 +22,7 @@ from torchlab import distributed
 from torchlab.errors import UserError
 
 FORMAT = "torchlab-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: one training state for every task (best, seen); 1 is still read (trainer.State.restore)
 REQUIRED = ("format", "version", "task", "model_name", "model_config", "model_state")
 
 

@@ -1,13 +1,17 @@
-"""The training and evaluation loops, shared by every classification task.
+"""The training and evaluation loops of every task.
 
-Each loop owns its mode: `train_one_epoch` puts the model in train() mode,
-`evaluate` in eval() mode under `inference_mode`. Both take everything they
-use as arguments and return a dict of metrics. Losses are summed over samples
-and divided by the sample count, so a smaller last batch weighs what it should.
+`train_steps` is the one inner training loop: each task hands it its loss for
+one batch (`classification_loss`, `language_model_loss`). `evaluate` scores a
+classifier, `evaluate_lm` a language model. Each loop owns its mode: training
+puts the model in train() mode, evaluation in eval() mode under
+`inference_mode`. They take everything they use as arguments and return a dict
+of metrics. Losses are summed over samples and divided by the sample count, so
+a smaller last batch weighs what it should.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from contextlib import contextmanager
@@ -19,7 +23,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchlab import distributed
-from torchlab.logger import tracked
+from torchlab.data.text import window_starts, windows
+from torchlab.logger import progress, tracked
 from torchlab.runtime import Runtime
 
 
@@ -66,77 +71,103 @@ def graceful_interrupt(flag: StopFlag):
         signal.signal(signal.SIGINT, previous)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    rt: Runtime,
-    *,
-    label_smoothing: float = 0.0,
-    global_step: int = 0,
-    max_steps: int = 0,
-    log_every: int = 50,
-    stop: StopFlag | None = None,
-    on_log: Callable[[int, float, float, int], None] | None = None,
-    average: AveragedModel | None = None,
-) -> dict:
-    """One pass over `batches`; returns {"loss", "acc", "images", "steps", "seconds", "stopped"}.
+def train_steps(model: nn.Module, batches: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler,
+                rt: Runtime, *, carry=None, clip: float = 0.0, global_step: int = 0, max_steps: int = 0,
+                log_every: int = 50, stop: StopFlag | None = None,
+                on_log: Callable[[int, float, float, int], None] | None = None, average: AveragedModel | None = None) -> dict:
+    """The one inner loop of every task: a step per batch; returns {"loss", "count", "sums", "steps",
+    "seconds", "stopped", "carry"}.
 
-    `on_log(global_step, loss, lr, images_so_far)` is called every `log_every`
-    steps; `average` (a weight average) is updated after every step. Stops early
-    (stopped=True) at `max_steps` or when `stop` is set.
+    `loss_fn(model, batch, carry, rt)` gives (mean loss, samples, {name: tensor to sum}, carry): the task's
+    loss for one batch and the state it hands to the next one (a language model's hidden state). Losses
+    stay on the device and are checked for NaN every `log_every` steps, so no step waits for the device;
+    `on_log(global_step, loss, lr, samples_so_far)` is called then. With several processes the sums cover
+    all of them. Stops early (stopped=True) at `max_steps` or when `stop` is set.
     Raises NonFiniteLoss naming the first step whose loss was NaN or infinite.
     """
     model.train()
     start, tic = global_step, time.perf_counter()
     loss_sum = torch.zeros((), device=rt.device)  # summed over samples, read once at the end
-    correct = torch.zeros((), dtype=torch.long, device=rt.device)
-    images, pending, stopped = 0, [], False
-    for x, y in batches:
+    sums: dict[str, torch.Tensor] = {}
+    count, pending, stopped = 0, [], False
+    for batch in batches:
         if distributed.should_stop(stop, global_step, rt.device) or (max_steps and global_step >= max_steps):
             stopped = True
             break
-        loss, logits = train_step(model, x, y, optimizer, rt, label_smoothing)
+        loss, n, extra, carry = train_step(model, batch, loss_fn, carry, optimizer, rt, clip)
         if scheduler is not None:
             scheduler.step()
         if average is not None:
             average.update_parameters(model)
         global_step += 1
-        images += len(y)
+        count += n
         pending.append(loss.detach())
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss_sum += loss.detach() * n
+        for name, value in extra.items():
+            sums[name] = sums[name] + value if name in sums else value
         if global_step % log_every == 0:
             latest = check_finite(pending, global_step - len(pending) + 1)
             if on_log is not None:
-                on_log(global_step, latest, optimizer.param_groups[0]["lr"], images)
+                on_log(global_step, latest, optimizer.param_groups[0]["lr"], count)
     if pending:
         check_finite(pending, global_step - len(pending) + 1)
-    seen = torch.tensor(images, device=rt.device)
-    distributed.all_sum(loss_sum, correct, seen)  # over all processes' slices of the batches
-    images = int(seen)
-    seconds = time.perf_counter() - tic
-    return {
-        "loss": loss_sum.item() / max(images, 1),
-        "acc": correct.item() / max(images, 1),
-        "images": images,
-        "steps": global_step - start,
-        "seconds": seconds,
-        "stopped": stopped,
-    }
+    seen = torch.tensor(count, device=rt.device)
+    distributed.all_sum(loss_sum, seen, *sums.values())  # over all processes' slices of the batches
+    count = int(seen)
+    return {"loss": loss_sum.item() / max(count, 1), "count": count, "sums": {k: v.item() for k, v in sums.items()},
+            "steps": global_step - start, "seconds": time.perf_counter() - tic, "stopped": stopped, "carry": carry}
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, rt: Runtime,
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update from a batch x [B, C, H, W], y [B]; returns (mean loss, logits [B, classes])."""
-    with rt.autocast():
-        logits = model(rt.prepare(x))  # [B, classes]
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+def train_step(model: nn.Module, batch, loss_fn: Callable, carry, optimizer: torch.optim.Optimizer, rt: Runtime,
+               clip: float = 0.0):
+    """One update from one batch: the task's loss, backward, gradient clipping (clip > 0), optimizer step.
+    Returns loss_fn's (loss, samples, sums, carry)."""
+    loss, n, extra, carry = loss_fn(model, batch, carry, rt)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
-    return loss, logits
+    return loss, n, extra, carry
+
+
+def classification_loss(label_smoothing: float = 0.0) -> Callable:
+    """loss_fn for train_steps: cross-entropy of images x [B, C, H, W] against labels y [B]; counts the
+    correct predictions."""
+    def loss_fn(model, batch, carry, rt: Runtime):
+        x, y = batch
+        with rt.autocast():
+            logits = model(rt.prepare(x))  # [B, classes]
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        return loss, len(y), {"correct": (logits.detach().argmax(1) == y).sum()}, None
+
+    return loss_fn
+
+
+def next_token_loss(model, x: torch.Tensor, y: torch.Tensor, state, rt: Runtime, reduction: str = "mean"):
+    """Cross-entropy of a language model's next-token logits: x, y [B, T] -> (loss, new state)."""
+    with rt.autocast():
+        logits, state = model(x, state)  # [B, T, V]
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction), state
+
+
+def language_model_loss(detach: Callable) -> Callable:
+    """loss_fn for train_steps over windows x, y [B, T]: the hidden state flows from window to window, cut
+    from the previous window's graph by `detach` (truncated back-propagation through time)."""
+    def loss_fn(model, batch, state, rt: Runtime):
+        x, y = batch
+        loss, state = next_token_loss(model, x, y, detach(state) if state is not None else None, rt)
+        return loss, y.numel(), {}, detach(state)
+
+    return loss_fn
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer, scheduler,
+                    rt: Runtime, *, label_smoothing: float = 0.0, **options) -> dict:
+    """train_steps for a classifier; returns {"loss", "acc", "images", "steps", "seconds", "stopped"}."""
+    m = train_steps(model, batches, classification_loss(label_smoothing), optimizer, scheduler, rt, **options)
+    return {"loss": m["loss"], "acc": m["sums"].get("correct", 0) / max(m["count"], 1), "images": m["count"],
+            "steps": m["steps"], "seconds": m["seconds"], "stopped": m["stopped"]}
 
 
 def check_finite(pending: list, first_step: int) -> float:
@@ -217,6 +248,28 @@ def evaluate(
     if keep:
         result["logprobs"] = torch.cat(kept) if kept else torch.zeros(0, num_classes)
     return result
+
+
+def evaluate_lm(model, blocks: list, bptt: int, rt: Runtime) -> dict:
+    """Mean loss over every target of a split (each scored once) and its perplexity.
+
+    `blocks` are [B, M + 1] token streams (data.text.batchify_eval); each block starts from a zero state and
+    its windows of `bptt` tokens carry the state along."""
+    model.eval()
+    total, count = torch.zeros((), device=rt.device), torch.zeros((), dtype=torch.long, device=rt.device)
+    bar = progress(sum(len(window_starts(block.shape[1], bptt)) for block in blocks), "evaluating", "window")
+    with torch.inference_mode():
+        for block in blocks:
+            state = None
+            for x, y in windows(block, bptt):
+                loss, state = next_token_loss(model, x, y, state, rt, reduction="sum")
+                total += loss
+                count += y.numel()
+                bar.update(1)
+    bar.close()
+    distributed.all_sum(total, count)  # every process scored its own streams
+    loss = total.item() / int(count)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(count)}
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:

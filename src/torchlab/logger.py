@@ -58,15 +58,22 @@ def new_run_dir(run_dir: str | None, default_name: str, flag: str = "--run-dir",
         while path.exists():
             n += 1
             path = base.with_name(f"{base.name}-{n}")
-    if path.exists() and any(path.iterdir()):
-        hint = (f"resume it with `torchlab train --resume {path}` or choose another {flag}" if resumable
-                else f"choose another {flag}")
-        raise UserError(f"{flag} {path}: already holds files", hint)
+    refuse_taken(path, flag, resumable)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot create ({e.strerror})", "choose a writable folder") from None
     return path
+
+
+def refuse_taken(path: Path, flag: str = "--run-dir", resumable: bool = False) -> None:
+    """A new run may not go into a file, or into a folder that already holds files."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder", f"choose another {flag}")
+    if path.exists() and any(path.iterdir()):
+        hint = (f"resume it with `torchlab train --resume {path}` or choose another {flag}" if resumable
+                else f"choose another {flag}")
+        raise UserError(f"{flag} {path}: already holds files", hint)
 
 
 def open_writer(run_dir):

@@ -34,10 +34,10 @@ WARMUP_STEPS = 3  # oneDNN picks its kernels and the allocator grows over the fi
 ROUNDS, ROUND_SECONDS = 3, 1.0  # per candidate: 3 interleaved rounds of about a second, at least 2 steps each
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` takes the first available of cuda, mps, cpu; a named device must be available.
-    Under torchrun each process takes its own GPU, cuda:LOCAL_RANK."""
-    name = distributed.device_for(name)
+def pick_device(name: str | torch.device) -> torch.device:
+    """`auto` takes the first available of cuda, mps, cpu; a named device (a string such as "cuda:1", or a
+    torch.device) must be available. Under torchrun each process takes its own GPU, cuda:LOCAL_RANK."""
+    name = distributed.device_for(str(name))
     if name.startswith("cuda:"):
         return torch.device(name)
     mps = getattr(torch.backends, "mps", None)

@@ -10,8 +10,8 @@ import torch
 
 from tests.conftest import TINY, assert_same_weights, weights
 from torchlab.cli import main
-from torchlab.config import FAST, FAST_TARGETS
 from torchlab.data.vision import TensorLoader
+from torchlab.recipes import FAST, FAST_TARGETS
 
 
 def run(args, capsys=None):

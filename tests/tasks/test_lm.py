@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import SHARED_DATA, assert_same_weights, error_line, weights
-from torchlab import runtime
+from torchlab import runtime, trainer
 from torchlab.cli import main
 from torchlab.config import LMTrainConfig
+from torchlab.data import corpora
 from torchlab.data.text import Vocab, split_documents, tokenize
-from torchlab.engine import StopFlag
+from torchlab.engine import StopFlag, evaluate_lm
 from torchlab.models.rnn import LanguageModel, LMConfig
 from torchlab.runtime import Runtime
 from torchlab.tasks import lm
@@ -188,12 +189,12 @@ def direct_loss(model, ids: torch.Tensor) -> float:
 def test_one_eval_stream_equals_the_split_run_as_one_sequence(en_corpus, cell):
     # With one stream, evaluate_lm's windows carry the state across, so the result is the split as one sequence.
     data, model = eval_setup(en_corpus, cell, eval_batch_size=1, bptt=5)
-    result = lm.evaluate_lm(model, data.test, 5, Runtime(torch.device("cpu")))
+    result = evaluate_lm(model, data.test, 5, Runtime(torch.device("cpu")))
     assert not model.training  # evaluation switches dropout off
     assert len(data.test) == 1 and data.test[0].shape[0] == 1
     ids = data.test[0][0]
     tokens = tokenize(en_corpus.read_text(), "char")
-    test_tokens = split_documents([tokens], lm.VAL_FRACTION, lm.TEST_FRACTION, shuffle=False).test
+    test_tokens = split_documents([tokens], corpora.VAL_FRACTION, corpora.TEST_FRACTION, shuffle=False).test
     assert torch.equal(ids, data.vocab.encode(test_tokens))  # the block is the whole test split
     assert result["tokens"] == len(test_tokens) - 1 == data.counts["test"] - 1
     assert result["loss"] == pytest.approx(direct_loss(model, ids) / result["tokens"], rel=1e-5)
@@ -208,7 +209,7 @@ def test_eval_streams_score_every_target_once_with_their_own_state(en_corpus, ev
     model.eval()
     for blocks, name in ((data.val, "val"), (data.test, "test")):
         assert len(blocks) == (2 if (data.counts[name] - 1) % eval_batch_size else 1)  # a tail block when uneven
-        result = lm.evaluate_lm(model, blocks, bptt, Runtime(torch.device("cpu")))
+        result = evaluate_lm(model, blocks, bptt, Runtime(torch.device("cpu")))
         streams = [row for block in blocks for row in block]
         targets = torch.cat([row[1:] for row in streams])
         split = torch.cat([streams[0][:1], targets])
@@ -241,11 +242,11 @@ def parts(state):
 def test_hidden_state_is_carried_but_detached_between_windows(en_corpus, cell, impl):
     cfg = LMTrainConfig(corpus=str(en_corpus), device="cpu", batch_size=4, bptt=8, cell=cell, impl=impl,
                         embed_size=16, hidden_size=32, layers=2, max_steps=5, run_dir="r")
-    s = lm.start(cfg, None, None)
+    s = trainer.start(lm.TASK, cfg, trainer.Context())
     calls = []
     record_forward(s.model, calls)
     try:
-        lm.train_steps(s, StopFlag())
+        trainer.run_epoch(s, StopFlag())
     finally:
         s.writer.close()
     assert s.state.global_step == 5 and len(calls) == 5 and all(training for training, _, _ in calls)
@@ -255,17 +256,17 @@ def test_hidden_state_is_carried_but_detached_between_windows(en_corpus, cell, i
         for previous, incoming in zip(parts(out), parts(state_in), strict=True):
             assert incoming.grad_fn is None and not incoming.requires_grad  # ...cut before the next window
             assert torch.equal(incoming, previous)  # with the values carried over
-    assert all(p.grad_fn is None and not p.requires_grad for p in parts(s.hidden))
+    assert all(p.grad_fn is None and not p.requires_grad for p in parts(s.carry))
 
 
 def test_each_epoch_starts_from_a_zero_state(en_corpus):
     cfg = LMTrainConfig(corpus=str(en_corpus), device="cpu", batch_size=4, bptt=8, embed_size=16, hidden_size=32,
                         layers=1, epochs=2, run_dir="r")
-    s = lm.start(cfg, None, None)
+    s = trainer.start(lm.TASK, cfg, trainer.Context())
     calls = []
     record_forward(s.model, calls)
     try:
-        assert lm.fit(s, StopFlag()) == "finished"
+        assert trainer.fit(s, StopFlag()) == "finished"
     finally:
         s.writer.close()
     fresh = [i for i, (training, state, _) in enumerate(calls) if training and state is None]
@@ -351,7 +352,7 @@ def test_ema_keeps_the_exponential_average_of_the_trained_weights(en_corpus, tmp
     model.load_state_dict(two["model_state"])
     data = lm.prepare_text(LMTrainConfig(corpus=str(en_corpus), batch_size=4, eval_batch_size=3, bptt=8),
                            torch.device("cpu"), Vocab.from_dict(two["vocab"]))
-    val = lm.evaluate_lm(model, data.val, 8, Runtime(torch.device("cpu")))
+    val = evaluate_lm(model, data.val, 8, Runtime(torch.device("cpu")))
     assert val["ppl"] == pytest.approx(two["state"]["history"][-1]["val_ppl"], rel=1e-6)
 
 
@@ -531,7 +532,7 @@ def test_checkpoint_rebuilds_vocab_and_model_on_its_own(en_corpus, tmp_path):
     model = LanguageModel(LMConfig(**ckpt["model_config"]))  # no training config needed
     model.load_state_dict(ckpt["model_state"])
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    result = lm.evaluate_lm(model, data.test, cfg.bptt, Runtime(torch.device("cpu")))
+    result = evaluate_lm(model, data.test, cfg.bptt, Runtime(torch.device("cpu")))
     assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)  # the test split was scored with best.pt
 
 

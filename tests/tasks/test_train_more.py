@@ -11,8 +11,9 @@ from PIL import Image
 
 from tests.conftest import write_cifar
 from torchlab.cli import main
-from torchlab.config import TASK_DEFAULTS, resolve
+from torchlab.config import resolve
 from torchlab.data import catalog
+from torchlab.recipes import TASK_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead on busy cores
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchlab.data.locate import DatasetFiles, cache_root, local_sources
-from torchlab.data.text import guess_language, read_text
+from torchlab.data.text import Splits, guess_language, read_text, split_documents, tokenize
 from torchlab.errors import UserError
 from torchlab.logger import tracked
 
@@ -36,6 +36,7 @@ TANG = DatasetFiles(name="chinese-poetry-tang", folder="quantangshi", files=("po
 TANG_SOURCE = "the npm package chinese-poetry (dist/quantangshi) or github.com/chinese-poetry/chinese-poetry"
 SCRIPTS = ("simplified", "traditional")
 BUILTIN = ("timemachine", "tang")
+VAL_FRACTION = TEST_FRACTION = 0.05  # shares of the tokens: the end of a single text, whole documents of a collection
 
 
 @dataclass
@@ -65,6 +66,15 @@ def load_corpus(name_or_path: str, data_dir: str | None = None, script: str = "s
                         f"use one of {', '.join(BUILTIN)} or the path of a text file")
     text = read_text(path, encoding)
     return Corpus(path.stem, [text], str(path), guess_language(text))
+
+
+def split_corpus(corpus: str, data_dir: str | None, script: str, encoding: str, level: str,
+                 seed: int) -> tuple[Corpus, Splits]:
+    """The corpus and its train/val/test token lists, as every `torchlab train lm` run with these settings
+    splits it (`seed` shuffles the documents of a multi-document corpus before the cut)."""
+    loaded = load_corpus(corpus, data_dir or None, script, encoding)
+    docs = [tokenize(doc, level, loaded.language) for doc in loaded.documents]
+    return loaded, split_documents(docs, VAL_FRACTION, TEST_FRACTION, seed, shuffle=len(docs) > 1)
 
 
 def search(spec: DatasetFiles, data_dir: str | None, found: Callable[[Path], Path | None],

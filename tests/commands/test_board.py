@@ -14,7 +14,7 @@ import pytest
 from tests.browser import Browser, find_chromium
 from tests.conftest import TINY
 from torchlab.cli import main
-from torchlab.tasks import board
+from torchlab.commands import board
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.isa_independent

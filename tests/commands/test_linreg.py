@@ -6,7 +6,7 @@ import pytest
 
 from torchlab.cli import main
 from torchlab.engine import NonFiniteLoss
-from torchlab.tasks.linreg import fit_manual, fit_module, least_squares, make_problem
+from torchlab.commands.linreg import fit_manual, fit_module, least_squares, make_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FITS = {"manual": fit_manual, "module": fit_module}

@@ -101,7 +101,7 @@ def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device:
     """Rescore the saved model on the split the run was scored on: confusion, per class, confident mistakes."""
     from torchlab.engine import per_class_accuracy
     from torchlab.logger import confusion_figure
-    from torchlab.tasks.predict import score_checkpoint
+    from torchlab.scoring import score_checkpoint
 
     # As the run scored it; checkpoints that do not say are from before 256 became the default.
     batch = ckpt.get("train_config", {}).get("eval_batch_size", 1000)
@@ -147,16 +147,18 @@ def wrong_gallery(data, probs: torch.Tensor, classes: list[str]) -> str:
             + html.image(html.figure_uri(fig), "confidently wrong test images"))
 
 
-def lm_samples(ckpt_path: Path, cfg: dict, device: str) -> str:
+def lm_samples(ckpt: dict, cfg: dict, device: str) -> str:
     """Three prompts from the test text, continued by the model, beside the text's own continuation."""
     from torchlab.config import LMTrainConfig
+    from torchlab.data.corpora import split_corpus
+    from torchlab.models.sampling import continue_text
     from torchlab.runtime import pick_device
-    from torchlab.tasks.generate import continue_text, load_model
-    from torchlab.tasks.lm import split_corpus
+    from torchlab.scoring import language_model
 
     dev = pick_device(device)
-    model, vocab = load_model(str(ckpt_path), dev)
-    _, splits = split_corpus(LMTrainConfig(**cfg))
+    model, vocab = language_model(ckpt, dev, "report")
+    c = LMTrainConfig(**cfg)  # the run's settings, with today's defaults for any it does not record
+    _, splits = split_corpus(c.corpus, c.data_dir, c.script, c.encoding, c.level, c.seed)
     test = splits.test
     if not test:
         return "<p>The test split is empty: no prompts to take.</p>"
@@ -198,7 +200,7 @@ def build(run_dir: Path, data_dir: str | None, device: str) -> str:
                 ("Final metrics", metrics_table(summary, lm)),
                 ("Training curves", curves(history, lm) if history else "<p>No epoch finished.</p>")]
     bar.update(1)
-    sections += task_sections(ckpt, ckpt_path, summary, data_dir, device, lm) if ckpt else []
+    sections += task_sections(ckpt, summary, data_dir, device, lm) if ckpt else []
     bar.update(1)
     bar.close()
     config = (run_dir / "config.toml").read_text(encoding="utf-8")
@@ -207,12 +209,12 @@ def build(run_dir: Path, data_dir: str | None, device: str) -> str:
     return html.page(f"torchlab report: {run_dir.name}", sections)
 
 
-def task_sections(ckpt, ckpt_path, summary, data_dir, device, lm) -> list[tuple[str, str]]:
+def task_sections(ckpt, summary, data_dir, device, lm) -> list[tuple[str, str]]:
     """The sections that need the data; without it the page says why they are missing."""
     try:
         if lm:
             cfg = dict(ckpt["train_config"], **({"data_dir": data_dir} if data_dir else {}))
-            return [("Generated samples", lm_samples(ckpt_path, cfg, device))]
+            return [("Generated samples", lm_samples(ckpt, cfg, device))]
         return classifier_sections(ckpt, summary, data_dir, device)
     except UserError as e:
         say(f"warning: report without the test-set sections: {e}")

@@ -13,20 +13,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from torchlab import checkpoint
+from torchlab.data.images import load_folder
+from torchlab.checks import Bounded
 from torchlab.errors import UserError
 from torchlab.logger import new_run_dir, open_writer, say
 from torchlab.models.cnn import conv_out
-from torchlab.data.photo import to_grayscale
-from torchlab.tasks.predict import model_from_checkpoint, open_image
+from torchlab.models.registry import CLASSIFIER, from_checkpoint, require_kind
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}
 PNGS = ("input.png", "output.png", "pooled.png", "kernels.png")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, what Pillow's convert("L") uses
 
@@ -36,14 +34,14 @@ def add_arguments(p) -> None:
     src.add_argument("--dataset", metavar="NAME", help="training images of a built-in dataset: " + ", ".join(dataset_names()))
     src.add_argument("--images", metavar="DIR", help="every image file in DIR (sorted; other files are skipped)")
     p.add_argument("--data-dir", help="folder holding the dataset files (with --dataset)")
-    p.add_argument("--size", type=int, help="with --images: resize the shorter side to SIZE, centre-crop SIZE x SIZE (default 64)")
-    p.add_argument("--count", type=int, default=8, help="use the first COUNT images (default 8)")
+    p.add_argument("--size", type=int, action=Bounded, lo=1, help="with --images: resize the shorter side to SIZE, centre-crop SIZE x SIZE (default 64)")
+    p.add_argument("--count", type=int, default=8, action=Bounded, lo=1, help="use the first COUNT images (default 8)")
     conv = p.add_argument_group("convolution (nn.Conv2d) and pooling (nn.MaxPool2d)")
-    conv.add_argument("--out-channels", type=int, help="filters, i.e. output channels (default 6)")
-    conv.add_argument("--kernel-size", type=int, help="k: each filter is k x k (default 3)")
-    conv.add_argument("--stride", type=int, help="step between patches (default 1)")
-    conv.add_argument("--padding", type=int, help="zeros added around each side (default 0)")
-    conv.add_argument("--pool", type=int, default=2, help="max-pooling window, also its stride (default 2)")
+    conv.add_argument("--out-channels", type=int, action=Bounded, lo=1, help="filters, i.e. output channels (default 6)")
+    conv.add_argument("--kernel-size", type=int, action=Bounded, lo=1, help="k: each filter is k x k (default 3)")
+    conv.add_argument("--stride", type=int, action=Bounded, lo=1, help="step between patches (default 1)")
+    conv.add_argument("--padding", type=int, action=Bounded, lo=0, help="zeros added around each side (default 0)")
+    conv.add_argument("--pool", type=int, default=2, action=Bounded, lo=1, help="max-pooling window, also its stride (default 2)")
     conv.add_argument("--seed", type=int, default=0, help="seed for the random filters (default 0)")
     conv.add_argument("--checkpoint", metavar="PATH", help="use the first conv layer of a `torchlab train` checkpoint")
     p.add_argument("--out", metavar="DIR", help="new folder for the PNGs and TensorBoard logs (default runs/conv-viz-TIME)")
@@ -106,46 +104,6 @@ def load_dataset(name: str, data_dir: str | None, count: int) -> tuple[torch.Ten
     return images[:count].float() / 255, f"{min(count, len(images))} images of {name} ({source})"
 
 
-def list_images(folder: Path) -> tuple[list[Path], int]:
-    """Image files in `folder`, sorted by name, and how many other files were skipped."""
-    if not folder.is_dir():
-        raise UserError(f"--images {folder}: not a folder", "pass a folder of PNG, JPEG, BMP or GIF files")
-    found, skipped = [], 0
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            with Image.open(path):  # reads the header only: cheap for a whole folder
-                found.append(path)
-        except (UnidentifiedImageError, OSError):
-            skipped += 1
-    if not found:
-        raise UserError(f"--images {folder}: no image files" + (f" ({skipped} other files)" if skipped else ""),
-                        "pass a folder of PNG, JPEG, BMP or GIF files")
-    return found, skipped
-
-
-def to_tensor(img: Image.Image, size: int, gray: bool) -> torch.Tensor:
-    """One image -> float [C, size, size] in [0, 1]: shorter side resized to size, then centre-cropped."""
-    from torchvision.transforms import functional as TF  # imported here: slow, and only this command needs it
-
-    if gray:  # to_grayscale also handles 16-bit and transparent images
-        img = Image.fromarray((to_grayscale(img) * 255).round().astype(np.uint8))
-    else:
-        if "transparency" in img.info or img.mode in ("RGBA", "LA", "PA"):
-            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-        img = img.convert("RGB")
-    img = TF.center_crop(TF.resize(img, size), [size, size])  # as transforms.Resize + CenterCrop
-    return TF.to_tensor(img)
-
-
-def load_folder(folder: str, size: int, count: int) -> tuple[torch.Tensor, str]:
-    paths, skipped = list_images(Path(folder))
-    images = [ImageOps.exif_transpose(open_image(p)) for p in paths[:count]]
-    gray = all(img.mode in GRAY_MODES for img in images)  # L only when no image has colour
-    x = torch.stack([to_tensor(img, size, gray) for img in images])  # [N, 1 or 3, size, size]
-    note = f"{len(images)} of {len(paths)} images in {folder}, {'L' if gray else 'RGB'}, {size}x{size}"
-    return x, note + (f"; skipped {skipped} non-image file{'s' * (skipped != 1)}" if skipped else "")
-
-
 def match_channels(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str]:
     """Give the images the channels the layer expects: [N, C, H, W] -> [N, in_channels, H, W]."""
     c = x.shape[1]
@@ -160,7 +118,8 @@ def match_channels(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str
 
 def layer_from_checkpoint(path: str, args) -> tuple[nn.Conv2d, tuple, tuple]:
     ckpt = checkpoint.load(path)
-    model = model_from_checkpoint(ckpt, torch.device("cpu"))
+    require_kind(ckpt, CLASSIFIER, "conv-viz --checkpoint")
+    model = from_checkpoint(ckpt, torch.device("cpu"))
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None or conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
         raise UserError(f"{ckpt['path']}: model {ckpt['model_name']!r} has no plain first nn.Conv2d", "use another checkpoint")
@@ -190,11 +149,6 @@ def check_flags(args) -> None:
                         "e.g. `torchlab conv-viz --dataset fashion-mnist`")
     if args.dataset is not None and args.size is not None:
         raise UserError("--size works with --images only", "dataset images keep their size")
-    minimum = {"--count": 1, "--size": 1, "--out-channels": 1, "--kernel-size": 1, "--stride": 1, "--padding": 0, "--pool": 1}
-    for flag, low in minimum.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None and value < low:
-            raise UserError(f"{flag} {value}: must be at least {low}", f"e.g. {flag} {max(low, 2)}")
 
 
 def check_fits(h: int, w: int, conv: nn.Conv2d, pool: int, from_ckpt: bool) -> None:

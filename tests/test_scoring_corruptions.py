@@ -1,4 +1,5 @@
-"""`torchlab eval --corruptions` and benchmarks/robustness.py on a checkpoint trained on the tiny dataset."""
+"""scoring.corruption_table: `torchlab eval --corruptions` and benchmarks/robustness.py on a checkpoint trained on the
+tiny dataset."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from torchlab import checkpoint
 from torchlab.cli import main
 from torchlab.data.corrupt import CORRUPTIONS
 from torchlab.errors import UserError
-from torchlab.tasks import robustness
+from torchlab import scoring
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -41,30 +42,30 @@ def test_eval_corruptions_table_and_json(trained, tiny_data, capsys):
     assert 0 <= r["test_acc"] <= 1 and r["images"] == 20
     ckpt = checkpoint.load(str(trained))
     cache = {}
-    again = robustness.corruption_table(ckpt, str(tiny_data), "cpu", 20, cache=cache)
+    again = scoring.corruption_table(ckpt, str(tiny_data), "cpu", 20, cache=cache)
     assert again["corruptions"] == r["corruptions"]  # seeded: the same images and the same answers
     inputs = cache["inputs"]
     assert set(inputs) == {("clean", 0)} | {(name, s) for name in CORRUPTIONS for s in (1, 2, 3)}
     assert all(x.shape == (20, 1, 28, 28) and 0 <= x.min() and x.max() <= 1 for x in inputs.values())
-    cached = robustness.corruption_table(ckpt, str(tiny_data), "cpu", 20, cache=cache)
+    cached = scoring.corruption_table(ckpt, str(tiny_data), "cpu", 20, cache=cache)
     assert cache["inputs"] is inputs and cached["corruptions"] == r["corruptions"]  # reused, not rebuilt
-    other = robustness.corruption_table(ckpt, str(tiny_data), "cpu", 20, seed=1, cache=cache)
+    other = scoring.corruption_table(ckpt, str(tiny_data), "cpu", 20, seed=1, cache=cache)
     assert cache["inputs"] is not inputs and other["seed"] == 1  # a new sample: made again
 
 
 def test_sample_is_seeded_and_without_repeats():
-    a, b, c = robustness.sample(50, 250, 0), robustness.sample(50, 250, 0), robustness.sample(50, 250, 1)
+    a, b, c = scoring.sample(50, 250, 0), scoring.sample(50, 250, 0), scoring.sample(50, 250, 1)
     assert a.tolist() == b.tolist() != c.tolist()
     assert len(set(a.tolist())) == 50 and a.tolist() == sorted(a.tolist())
 
 
 def test_bad_image_count_and_colour_checkpoint():
     with pytest.raises(UserError, match="--images 0"):
-        robustness.check({"task": "fashion-mnist", "path": "x.pt"}, 0)
+        scoring.check_corruptions({"task": "fashion-mnist", "path": "x.pt"}, 0)
     with pytest.raises(UserError, match="grayscale image classifier"):
-        robustness.check({"task": "cifar10", "path": "x.pt"}, 10)
+        scoring.check_corruptions({"task": "cifar10", "path": "x.pt"}, 10)
     with pytest.raises(UserError, match="grayscale image classifier"):
-        robustness.check({"task": "lm", "path": "x.pt"}, 10)
+        scoring.check_corruptions({"task": "lm", "path": "x.pt"}, 10)
 
 
 def test_eval_corruptions_bad_count_is_one_line(trained, tiny_data, capsys):

@@ -11,7 +11,6 @@ error, its own distance from the true line is what the noise costs.
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Callable
 
@@ -20,26 +19,21 @@ from torch import nn, optim
 
 from torchlab.engine import NonFiniteLoss
 from torchlab.runtime import pick_device
+from torchlab.checks import Bounded
 from torchlab.errors import UserError
 from torchlab.logger import new_run_dir, open_writer, say
-
-# (flag, test, requirement): checked before anything runs.
-CHECKS = (("samples", lambda v: v >= 2, "at least 2"), ("steps", lambda v: v >= 1, "at least 1"),
-          ("lr", lambda v: v > 0, "greater than 0"), ("noise", lambda v: v >= 0, "0 or more"),
-          ("log_every", lambda v: v >= 1, "at least 1"), ("tolerance", lambda v: v > 0, "greater than 0"))
-
 
 def add_arguments(p) -> None:
     p.add_argument("--method", choices=["manual", "module"], default="manual",
                    help="manual: tensors w, b and a hand-written update; module: nn.Linear + optim.SGD")
-    p.add_argument("--slope", type=float, default=3.0, help="true slope of the line (default 3.0)")
-    p.add_argument("--intercept", type=float, default=0.8, help="true intercept (default 0.8)")
-    p.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian noise added to y (default 0.05)")
-    p.add_argument("--samples", type=int, default=2000, help="points in the sample, x uniform on [0, 1) (default 2000)")
-    p.add_argument("--steps", type=int, default=1000, help="gradient-descent steps on the whole sample (default 1000)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate, the same for both methods (default 0.1)")
-    p.add_argument("--log-every", type=int, default=100, help="print and log every N steps (default 100)")
-    p.add_argument("--tolerance", type=float, default=0.01, help="report the first step this close to both true values")
+    p.add_argument("--slope", type=float, default=3.0, action=Bounded, help="true slope of the line (default 3.0)")
+    p.add_argument("--intercept", type=float, default=0.8, action=Bounded, help="true intercept (default 0.8)")
+    p.add_argument("--noise", type=float, default=0.05, action=Bounded, lo=0, help="std of the Gaussian noise added to y (default 0.05)")
+    p.add_argument("--samples", type=int, default=2000, action=Bounded, lo=2, help="points in the sample, x uniform on [0, 1) (default 2000)")
+    p.add_argument("--steps", type=int, default=1000, action=Bounded, lo=1, help="gradient-descent steps on the whole sample (default 1000)")
+    p.add_argument("--lr", type=float, default=0.1, action=Bounded, lo=0, lo_open=True, help="learning rate, the same for both methods (default 0.1)")
+    p.add_argument("--log-every", type=int, default=100, action=Bounded, lo=1, help="print and log every N steps (default 100)")
+    p.add_argument("--tolerance", type=float, default=0.01, action=Bounded, lo=0, lo_open=True, help="report the first step this close to both true values")
     p.add_argument("--seed", type=int, default=0, help="seed for the sample and the starting parameters")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--run-dir", help="TensorBoard log folder (default: runs/linreg-METHOD-TIME)")
@@ -164,17 +158,6 @@ def stable_lr(x: torch.Tensor) -> float:
     return 2 / torch.linalg.eigvalsh(2 * a.T @ a / len(a)).max().item()
 
 
-def check_flags(args) -> None:
-    for flag, ok, requirement in CHECKS:
-        value = getattr(args, flag)
-        if not ok(value) or not math.isfinite(value):
-            raise UserError(f"--{flag.replace('_', '-')} {value}: must be {requirement}",
-                            "see `torchlab linreg --help`")
-    for flag in ("slope", "intercept"):
-        if not math.isfinite(getattr(args, flag)):
-            raise UserError(f"--{flag} {getattr(args, flag)}: must be a finite number", "e.g. --slope 3.0")
-
-
 def log_row(writer, row: dict) -> None:
     say(f"{row['step']:>7}  {row['loss']:>12.6g}  {row['slope']:>9.5f}  {row['intercept']:>9.5f}")
     for tag, key in (("train/loss", "loss"), ("params/slope", "slope"), ("params/intercept", "intercept")):
@@ -182,7 +165,6 @@ def log_row(writer, row: dict) -> None:
 
 
 def run(args) -> int:
-    check_flags(args)
     device = pick_device(args.device)
     problem = make_problem(args.samples, args.slope, args.intercept, args.noise, args.seed)
     x, y = problem["x"].to(device), problem["y"].to(device)

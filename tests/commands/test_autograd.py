@@ -5,7 +5,7 @@ import json
 import torch
 
 from torchlab.cli import main
-from torchlab.tasks import autograd
+from torchlab.commands import autograd
 
 
 def run_json(capsys) -> dict:

@@ -1,6 +1,10 @@
+"""data/images.py: image files of every mode and format opened, read and prepared as `predict` reads photos.
+
+The builders here (CASES, write_case, bad_file, ...) also make the image files of tests/test_scoring.py.
+"""
+
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 
@@ -9,42 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from torchlab.errors import UserError
-from torchlab.models.cnn import NotesCNN, NotesCNNConfig
+from torchlab.data.images import open_image, prepare_rgb
 from torchlab.data.photo import PhotoOptions, prepare_gray, to_grayscale
-from torchlab.tasks.predict import model_from_checkpoint, open_image, predict_paths
+from torchlab.errors import UserError
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prepare(img: Image.Image, size: int, invert: str, **steps) -> np.ndarray:
     """predict's preprocessing of one photo for a Fashion-MNIST model, as an array [size, size]."""
     return prepare_gray(img, size, "fill", PhotoOptions(invert=invert, **steps))[0]
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
-def make_checkpoint(seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    config = NotesCNNConfig()
-    model = NotesCNN(config)
-    return {
-        "model_name": "notes-cnn",
-        "model_config": dataclasses.asdict(config),
-        "model_state": model.state_dict(),
-        "classes": list(CLASSES),
-        "mean": [0.286],
-        "std": [0.353],
-        "path": "x.pt",
-    }
-
-
-@pytest.fixture(scope="module")
-def ckpt() -> dict:
-    return make_checkpoint()
 
 
 def object_mask(w: int, h: int) -> np.ndarray:
@@ -132,33 +110,42 @@ def write_animated_gif(folder: Path, w: int = 50, h: int = 35) -> Path:
     return path
 
 
-def expected_probs(ckpt: dict, path: Path, invert: str = "auto") -> torch.Tensor:
-    model = NotesCNN(NotesCNNConfig())
-    model.load_state_dict(ckpt["model_state"])
-    x = (torch.from_numpy(prepare(Image.open(path), 28, invert))[None, None] - 0.286) / 0.353
-    with torch.no_grad():
-        return model.eval()(x).softmax(1)[0]
+def square(light_object: bool, w: int = 40, h: int = 40) -> Image.Image:
+    mask = object_mask(w, h)
+    return Image.fromarray(np.where(mask, 240, 10).astype(np.uint8) if light_object
+                           else np.where(mask, 10, 240).astype(np.uint8))
 
 
-def check_result(result: dict, path: Path, k: int, ckpt: dict) -> None:
-    assert result["image"] == str(path)
-    top = result["top"]
-    assert len(top) == k
-    probs = [t["prob"] for t in top]
-    assert probs == sorted(probs, reverse=True)
-    assert all(0 <= p <= 1 for p in probs)
-    assert sum(probs) <= 1 + 1e-5
-    assert all(t["class"] == ckpt["classes"][t["index"]] for t in top)
-    assert len({t["index"] for t in top}) == k
-    expected = expected_probs(ckpt, path)
-    values, indices = expected.topk(k)
-    assert [t["index"] for t in top] == indices.tolist()
-    assert probs == pytest.approx(values.tolist(), abs=1e-5)
+def truncated_png(tmp_path: Path) -> Path:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(buf, "PNG")
+    data = buf.getvalue()
+    path = tmp_path / "half.png"
+    path.write_bytes(data[: len(data) // 2])
+    return path
 
 
-def test_checkpoint_model_differs_from_fresh_seed(ckpt):
-    other = make_checkpoint(seed=1)
-    assert not torch.equal(ckpt["model_state"]["fc1.weight"], other["model_state"]["fc1.weight"])
+def bad_file(tmp_path: Path, kind: str) -> Path:
+    if kind == "text":
+        path = tmp_path / "notes.png"
+        path.write_text("this is not an image\n")
+    elif kind == "empty":
+        path = tmp_path / "empty.png"
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path = truncated_png(tmp_path)
+    elif kind == "missing":
+        path = tmp_path / "missing.png"
+    elif kind == "directory":
+        path = tmp_path / "folder.png"
+        path.mkdir()
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD = ["text", "empty", "truncated", "missing", "directory"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -172,15 +159,6 @@ def test_every_mode_and_format_is_read_as_intended(tmp_path, case):
             assert "transparency" in img.info
 
 
-@pytest.mark.parametrize("top_k", [1, 3, 10])
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_predict_every_mode_and_format(tmp_path, ckpt, case, top_k):
-    path = write_case(tmp_path, case)
-    results = predict_paths(ckpt, [str(path)], CPU, top_k)
-    assert len(results) == 1
-    check_result(results[0], path, top_k, ckpt)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_prepare_every_mode_inverts_dark_object_on_white(tmp_path, case):
     path = write_case(tmp_path, case)
@@ -191,58 +169,6 @@ def test_prepare_every_mode_inverts_dark_object_on_white(tmp_path, case):
     whole = prepare(open_image(path), 28, "auto", frame=False)  # unframed, the white border shows: now black
     assert whole[0].mean() < 0.1 and whole[-1].mean() < 0.1 and whole[:, 0].mean() < 0.1 and whole[:, -1].mean() < 0.1
     assert whole[13:15, 13:15].mean() > 0.7
-
-
-def test_animated_gif_uses_first_frame(tmp_path, ckpt):
-    path = write_animated_gif(tmp_path)
-    with Image.open(path) as img:
-        assert img.format == "GIF" and getattr(img, "n_frames", 1) == 2
-    out = prepare(open_image(path), 28, "auto")
-    assert out[0].mean() < 0.1 and out[13:15, 13:15].mean() > 0.7
-    results = predict_paths(ckpt, [str(path)], CPU, 3)
-    check_result(results[0], path, 3, ckpt)
-
-
-def test_predict_batch_of_all_formats_keeps_order(tmp_path, ckpt):
-    paths = [write_case(tmp_path, case) for case in CASES] + [write_animated_gif(tmp_path)]
-    results = predict_paths(ckpt, [str(p) for p in paths], CPU, 2)
-    assert [r["image"] for r in results] == [str(p) for p in paths]
-    for result, path in zip(results, paths):
-        check_result(result, path, 2, ckpt)
-
-
-@pytest.mark.parametrize("top_k", [11, 50])
-def test_top_k_is_capped_at_class_count(tmp_path, ckpt, top_k):
-    path = write_case(tmp_path, CASES[0])
-    (result,) = predict_paths(ckpt, [str(path)], CPU, top_k)
-    assert len(result["top"]) == len(CLASSES)
-    assert sorted(t["index"] for t in result["top"]) == list(range(10))
-    assert {t["class"] for t in result["top"]} == set(CLASSES)
-    assert sum(t["prob"] for t in result["top"]) == pytest.approx(1.0, abs=1e-5)
-
-
-def test_class_names_come_from_checkpoint(tmp_path):
-    ckpt = make_checkpoint()
-    ckpt["classes"] = [f"class-{i}" for i in range(10)]
-    path = write_case(tmp_path, CASES[0])
-    (result,) = predict_paths(ckpt, [str(path)], CPU, 10)
-    assert all(t["class"] == f"class-{t['index']}" for t in result["top"])
-
-
-def test_normalisation_comes_from_checkpoint(tmp_path):
-    path = write_case(tmp_path, CASES[0])
-    a = make_checkpoint()
-    b = make_checkpoint()
-    b["mean"], b["std"] = [0.9], [0.1]
-    (ra,) = predict_paths(a, [str(path)], CPU, 10)
-    (rb,) = predict_paths(b, [str(path)], CPU, 10)
-    assert [t["prob"] for t in ra["top"]] != pytest.approx([t["prob"] for t in rb["top"]], abs=1e-4)
-
-
-def square(light_object: bool, w: int = 40, h: int = 40) -> Image.Image:
-    mask = object_mask(w, h)
-    return Image.fromarray(np.where(mask, 240, 10).astype(np.uint8) if light_object
-                           else np.where(mask, 10, 240).astype(np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -373,38 +299,6 @@ def test_png_trns_transparency_in_l_and_rgb_becomes_white(tmp_path, mode):
     assert gray_out[~mask].min() == 1.0
 
 
-def truncated_png(tmp_path: Path) -> Path:
-    buf = io.BytesIO()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(buf, "PNG")
-    data = buf.getvalue()
-    path = tmp_path / "half.png"
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
-def bad_file(tmp_path: Path, kind: str) -> Path:
-    if kind == "text":
-        path = tmp_path / "notes.png"
-        path.write_text("this is not an image\n")
-    elif kind == "empty":
-        path = tmp_path / "empty.png"
-        path.write_bytes(b"")
-    elif kind == "truncated":
-        path = truncated_png(tmp_path)
-    elif kind == "missing":
-        path = tmp_path / "missing.png"
-    elif kind == "directory":
-        path = tmp_path / "folder.png"
-        path.mkdir()
-    else:
-        raise AssertionError(kind)
-    return path
-
-
-BAD = ["text", "empty", "truncated", "missing", "directory"]
-
-
 @pytest.mark.parametrize("kind", BAD)
 def test_bad_file_raises_user_error_naming_path(tmp_path, kind):
     path = bad_file(tmp_path, kind)
@@ -414,65 +308,10 @@ def test_bad_file_raises_user_error_naming_path(tmp_path, kind):
     assert info.value.hint
 
 
-@pytest.mark.parametrize("kind", BAD)
-@pytest.mark.parametrize("position", [0, 1, 2])
-def test_batch_with_one_bad_file_predicts_nothing(tmp_path, ckpt, monkeypatch, kind, position):
-    calls = []
-    original_forward = NotesCNN.forward
-
-    def counting_forward(self, x):
-        calls.append(x.shape)
-        return original_forward(self, x)
-
-    monkeypatch.setattr(NotesCNN, "forward", counting_forward)
-    good = [write_case(tmp_path, CASES[0]), write_case(tmp_path, CASES[3])]
-    bad = bad_file(tmp_path, kind)
-    paths = [str(p) for p in good]
-    paths.insert(position, str(bad))
-    with pytest.raises(UserError) as info:
-        predict_paths(ckpt, paths, CPU, 3)
-    assert str(bad) in info.value.message
-    assert calls == []
-    results = predict_paths(ckpt, [str(p) for p in good], CPU, 3)
-    assert len(results) == 2 and len(calls) == 1
-
-
-def test_model_from_checkpoint_loads_weights_in_eval_mode(ckpt):
-    model = model_from_checkpoint(ckpt, CPU)
-    assert isinstance(model, NotesCNN) and not model.training
-    for key, value in ckpt["model_state"].items():
-        assert torch.equal(model.state_dict()[key], value)
-
-
-@pytest.mark.parametrize("damage", ["wrong-shape", "missing-key", "extra-key"])
-def test_model_from_checkpoint_rejects_mismatched_weights(damage):
-    ckpt = make_checkpoint()
-    state = dict(ckpt["model_state"])
-    if damage == "wrong-shape":
-        state["fc1.weight"] = torch.zeros(7, 10816)
-    elif damage == "missing-key":
-        del state["conv2.bias"]
-    else:
-        state["conv3.weight"] = torch.zeros(1)
-    ckpt["model_state"] = state
-    with pytest.raises(UserError) as info:
-        model_from_checkpoint(ckpt, CPU)
-    assert "x.pt" in info.value.message and "notes-cnn" in info.value.message
-
-
-def test_model_from_checkpoint_unknown_model_is_user_error():
-    ckpt = make_checkpoint()
-    ckpt["model_name"] = "resnet-9000"
-    with pytest.raises(UserError) as info:
-        model_from_checkpoint(ckpt, CPU)
-    assert "resnet-9000" in info.value.message
-
-
 def test_colour_photos_are_prepared_as_evaluation_saw_them(tmp_path):
     """predict's input for an image-folder model equals the val tensor training scored (same resize and crop)."""
     from torchlab.data.folder import centre, decode, stored_size
     from torchlab.data.vision import Split
-    from torchlab.tasks.predict import prepare_rgb
 
     rng = np.random.default_rng(0)
     for w, h in [(90, 60), (61, 97), (64, 64)]:

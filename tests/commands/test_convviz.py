@@ -12,7 +12,7 @@ from tests.conftest import TINY, write_dataset
 from tests.test_cli import one_line_error
 from torchlab.cli import main
 from torchlab.models.cnn import conv_out
-from torchlab.tasks.convviz import conv2d_by_hand, output_size
+from torchlab.commands.convviz import conv2d_by_hand, output_size
 
 SIZES = [(5, 5), (7, 9), (12, 5), (8, 8), (11, 6)]  # square, non-square, odd
 TAGS = {"conv/input", "conv/output", "conv/pooled", "conv/kernels"}
@@ -179,7 +179,7 @@ def test_error_paths(tmp_path, capsys):
 
 
 def test_channels_follow_the_layer():
-    from torchlab.tasks.convviz import match_channels
+    from torchlab.commands.convviz import match_channels
 
     rgb = torch.rand(2, 3, 4, 4)
     gray, note = match_channels(rgb, 1)

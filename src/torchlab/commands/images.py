@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import ToTensor
 
+from torchlab.data.images import open_image
 from torchlab.errors import UserError
 from torchlab.logger import open_writer, say
-from torchlab.tasks.predict import open_image
 
 BATCH_SIDE = 128  # every image is padded and resized to this square for the one batch grid
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per value

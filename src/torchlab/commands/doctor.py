@@ -53,7 +53,7 @@ def devices() -> list[dict]:
 def auto_choices(device: torch.device, measure: bool) -> dict:
     """What `auto` decides on `device`: the precision rule from the rates, the fast recipe's table, and the
     settings measured for each workload in the cache (with `measure`, the recipes' workloads first)."""
-    from torchlab.config import device_kind
+    from torchlab.recipes import device_kind
 
     rates = hardware.rates(device, convs=True)
     speedup = rates["matmul bf16"] / max(rates["matmul fp32"], 1e-9)

@@ -1,0 +1,170 @@
+"""torchlab from Python: `train`, `load` and `evaluate`, the functions the `torchlab` command is built on.
+
+    import torchlab
+    run = torchlab.train("fashion-mnist", epochs=1, run_dir="runs/first")
+    print(run.test, run.history[-1])
+    model = torchlab.load(run.run_dir)              # best.pt of the run
+    model.predict(["shoe.jpg", pil_image, tensor])  # top classes, read as `torchlab predict` reads photos
+    torchlab.evaluate(run.run_dir)                  # the metrics `torchlab eval --json` prints
+
+Settings are the `torchlab train` flags with underscores (`batch_size=128`,
+`recipe="strong"`); bad values raise `torchlab.UserError` with the one-line
+message the command prints. Devices are a string ("cpu", "cuda", "auto") or a
+torch.device, everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from PIL import Image
+
+from torchlab import checkpoint, distributed, logger
+from torchlab.checks import violation
+from torchlab.config import resolve, resumed
+from torchlab.data.catalog import NAMES
+from torchlab.data.images import open_image, tensor_image
+from torchlab.data.photo import PhotoOptions
+from torchlab.data.text import join_words, tokenize
+from torchlab.errors import UserError
+from torchlab.models.registry import CLASSIFIER, LANGUAGE_MODEL, from_checkpoint, kind_of, require_kind
+from torchlab.models.sampling import continue_text, next_tokens
+from torchlab.runtime import pick_device
+from torchlab.scoring import evaluate_checkpoint, language_model, predict_images
+from torchlab.tasks import classify, lm
+from torchlab.trainer import Context, Run
+from torchlab.trainer import train as run_training
+
+__all__ = ["train", "load", "evaluate", "Run", "Classifier", "TextModel", "UserError", "TASKS"]
+
+# Every task `train` knows, by the name the command line uses: one image task per dataset, and `lm`.
+TASKS = {**{name: classify.TASK for name in NAMES}, "lm": lm.TASK}
+
+
+def device_setting(device: str | torch.device) -> str:
+    """A device as the config stores it: a torch.device keeps its kind ("cuda", "cpu", "mps")."""
+    return device.type if isinstance(device, torch.device) else device
+
+
+def train(task: str | None = None, *, config: str | None = None, resume: str | Path | None = None,
+          quiet: bool | None = None, **settings) -> Run:
+    """Train a model (or, with `resume`, continue a run) and return the finished Run.
+
+    `task`: fashion-mnist, mnist, cifar10, image-folder or lm. `config`: a TOML file of settings (the
+    keyword settings win over it). `resume`: a run directory or checkpoint; only the settings that alter
+    no past numbers may then change. `quiet`: no progress output (default: as the command line said).
+    """
+    if "device" in settings:
+        settings["device"] = device_setting(settings["device"])
+    ckpt, run_dir = None, None
+    if resume is not None:
+        if config:
+            raise UserError("--config cannot be combined with --resume", "a resumed run keeps its saved settings")
+        ckpt = checkpoint.load(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
+        cfg, run_dir = resumed(ckpt["task"], ckpt["train_config"], settings), Path(ckpt["path"]).parent
+    else:
+        if task is None and not config:
+            raise UserError("train: name a task (" + ", ".join(TASKS) + ") or --resume RUN_DIR",
+                            "e.g. `torchlab train fashion-mnist`")
+        cfg = resolve({**settings, **({"task": task} if task else {})}, config)
+        if cfg.task not in TASKS:
+            raise UserError(f"train: unknown task {cfg.task!r}", "choose one of: " + ", ".join(TASKS))
+    with distributed.start(pick_device(cfg.device)) as world:
+        if not world.main:
+            logger.QUIET = True  # rank 0 speaks for all; errors are still printed, with their rank
+        ctx = Context(world, logger.QUIET if quiet is None else quiet)
+        return run_training(TASKS[cfg.task], cfg, resume=ckpt, run_dir=run_dir, ctx=ctx)
+
+
+def load(path: str | Path, device: str | torch.device = "auto") -> "Classifier | TextModel":
+    """A trained model from a checkpoint (or a run directory: its best.pt, else last.pt), ready to use."""
+    ckpt = checkpoint.load(path)
+    return TextModel(ckpt, device) if kind_of(ckpt) == LANGUAGE_MODEL else Classifier(ckpt, device)
+
+
+class Classifier:
+    """An image classifier from `torchlab train`: `.predict(images)` reads photos as `torchlab predict` does."""
+
+    def __init__(self, ckpt: dict, device: str | torch.device = "auto"):
+        require_kind(ckpt, CLASSIFIER, "predict")
+        self.checkpoint, self.device = ckpt, pick_device(device)
+        self.model = from_checkpoint(ckpt, self.device)
+        self.classes: list[str] = list(ckpt["classes"])
+
+    def predict(self, images, top_k: int = 3, options: PhotoOptions | None = None,
+                show: str | None = None) -> list[dict]:
+        """The `top_k` classes of each image, most likely first, and the preprocessing applied to it.
+
+        `images`: one or a list of file paths, PIL images and tensors ([C, H, W] or [H, W], floats in
+        [0, 1] or uint8; a [N, C, H, W] tensor is N images). `show` saves the model-sized inputs as one PNG.
+        """
+        if violation(top_k, lo=1):
+            raise UserError(f"top_k {top_k}: must be at least 1", "e.g. top_k=3")
+        items = list(images) if isinstance(images, (list, tuple)) or is_batch(images) else [images]
+        named = [as_image(item, i) for i, item in enumerate(items)]  # every item checked before any work
+        return predict_images(self.model, self.checkpoint, [img for _, img in named], [name for name, _ in named],
+                              self.device, top_k, options or PhotoOptions(), show)
+
+
+def is_batch(images) -> bool:
+    return isinstance(images, torch.Tensor) and images.dim() == 4
+
+
+def as_image(item, i: int) -> tuple[str, Image.Image]:
+    """(name, PIL image) for a path, a PIL image or a tensor."""
+    if isinstance(item, (str, Path)):
+        return str(item), open_image(Path(item))
+    if isinstance(item, Image.Image):
+        return f"image {i}", item
+    if isinstance(item, torch.Tensor):
+        return f"tensor {i}", tensor_image(item, f"images[{i}]")
+    raise UserError(f"images[{i}]: a {type(item).__name__}, not a path, PIL image or tensor",
+                    "pass file paths, PIL images or image tensors")
+
+
+class TextModel:
+    """A language model from `torchlab train lm`: continue a prompt, or list the likeliest next tokens."""
+
+    def __init__(self, ckpt: dict, device: str | torch.device = "auto"):
+        self.checkpoint, self.device = ckpt, pick_device(device)
+        self.model, self.vocab = language_model(ckpt, self.device)
+
+    def encode(self, prompt: str) -> tuple[list[str], list[int], list[str]]:
+        """The prompt's tokens, their ids and the tokens the vocabulary lacks (read as <unk>)."""
+        if not prompt.strip():
+            raise UserError("--prompt is empty", "give some text to continue, e.g. --prompt 'The Time'")
+        tokens = tokenize(prompt, self.vocab.level)
+        return (tokens, *self.vocab.lookup(tokens))
+
+    def generate(self, prompt: str, tokens: int = 50, temperature: float = 0.8, top_k: int = 0,
+                 seed: int = 0) -> dict:
+        """{"prompt", "text", "new_tokens", "unknown"}: the prompt continued by `tokens` sampled tokens
+        (temperature 0: always the likeliest; top_k > 0: only among the k likeliest)."""
+        for name, value, lo in (("tokens", tokens, 1), ("temperature", temperature, 0), ("top_k", top_k, 0)):
+            if need := violation(value, lo=lo):
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be {need}", "see `torchlab generate --help`")
+        words, ids, unknown = self.encode(prompt)
+        new = [self.vocab.tokens[i] for i in continue_text(self.model, ids, tokens, temperature, top_k, seed,
+                                                           self.device)]
+        text = prompt + "".join(new) if self.vocab.level == "char" else join_words(words + new)
+        return {"prompt": prompt, "text": text, "new_tokens": new, "unknown": unknown}
+
+    def next_tokens(self, prompt: str, k: int = 5) -> dict:
+        """{"prompt", "next": [{"token", "prob"}, ...], "unknown"}: the k likeliest next tokens."""
+        if need := violation(k, lo=1):
+            raise UserError(f"--next {k}: must be {need}", "see `torchlab generate --help`")
+        _, ids, unknown = self.encode(prompt)
+        top = [{"token": self.vocab.tokens[i], "prob": p} for i, p in next_tokens(self.model, ids, k, self.device)]
+        return {"prompt": prompt, "next": top, "unknown": unknown}
+
+
+def evaluate(model: "str | Path | Classifier", data_dir: str | None = None, device: str | torch.device = "auto",
+             batch_size: int = 1000, out: str | None = None) -> dict:
+    """The metrics `torchlab eval --json` prints: accuracy and loss on the whole test split (val for an image
+    folder without test/), per-class accuracy, the confusion matrix (a list of rows) and its PNG (`out`,
+    default beside the checkpoint)."""
+    ckpt = model.checkpoint if isinstance(model, (Classifier, TextModel)) else checkpoint.load(model)
+    result = evaluate_checkpoint(ckpt, data_dir, device_setting(device), batch_size, out)
+    return {**result, "confusion": result["confusion"].tolist()}

@@ -1,0 +1,52 @@
+"""Numbers within bounds: one check for the settings of a run (config.py) and the flags of every command.
+
+A command declares a flag's bounds where it defines the flag:
+
+    p.add_argument("--tokens", type=int, default=50, action=Bounded, lo=1)
+
+and a value outside them is a one-line error naming the flag, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from torchlab.errors import UserError
+
+
+def finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (`lr = 1e400` written out as digits)
+        return False
+
+
+def violation(value, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> str | None:
+    """What `value` must be, when it is not finite or lies outside [lo, hi] (an open end excludes the bound);
+    None when it is fine. NaN compares False with every bound, so it is caught first."""
+    if not finite(value):
+        return "a finite number"
+    below = lo is not None and (value <= lo if lo_open else value < lo)
+    above = hi is not None and (value >= hi if hi_open else value > hi)
+    if not (below or above):
+        return None
+    if hi is None:
+        return f"greater than {lo}" if lo_open else "0 or more" if lo == 0 else f"at least {lo}"
+    if lo is None:
+        return f"below {hi}" if hi_open else f"at most {hi}"
+    return f"in [{lo}, {hi})" if hi_open else f"between {lo} and {hi}"
+
+
+class Bounded(argparse.Action):
+    """An argparse action that refuses a number outside [lo, hi] (see `violation`) with a one-line error."""
+
+    def __init__(self, option_strings, dest, lo=None, hi=None, lo_open=False, hi_open=False, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.bounds = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        need = violation(value, **self.bounds)
+        if need is not None:
+            raise UserError(f"{option_string} {value}: must be {need}", f"see `{parser.prog} --help`")
+        setattr(namespace, self.dest, value)

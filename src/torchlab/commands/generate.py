@@ -1,0 +1,53 @@
+"""`torchlab generate CKPT --prompt TEXT`: continue a text with a trained language model.
+
+The prompt is tokenised as the training text was and run through the model
+to build up its hidden state; then one token at a time is chosen from the
+predicted distribution and fed back in (models/sampling.py). `--temperature 0`
+always takes the most likely token (greedy); otherwise logits are divided by
+the temperature (below 1: safer, above 1: more surprising) and, with
+`--top-k K`, only the K most likely tokens are kept before sampling. `--next K`
+answers the notes' question directly: the K most likely next tokens and their
+probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+
+from torchlab.checks import Bounded
+from torchlab.data.text import UNK
+from torchlab.logger import say
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train lm`")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--tokens", type=int, default=50, action=Bounded, lo=1, help="how many tokens to add (default 50)")
+    p.add_argument("--temperature", type=float, default=0.8, action=Bounded, lo=0,
+                   help="0: always the most likely token (greedy); higher: more varied (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, action=Bounded, lo=0, help="sample only among the K most likely tokens (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling: the same seed gives the same text")
+    p.add_argument("--next", type=int, metavar="K", action=Bounded, lo=1,
+                   help="instead of generating, list the K most likely next tokens with their probabilities")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args) -> int:
+    from torchlab import api
+
+    model = api.load(args.checkpoint, args.device)
+    if not isinstance(model, api.TextModel):
+        model = api.TextModel(model.checkpoint)  # raises the one-line error naming the kind of checkpoint
+    result = model.next_tokens(args.prompt, args.next) if args.next is not None else \
+        model.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
+    if result["unknown"]:
+        say(f"warning: not in the vocabulary, read as {UNK}: " + " ".join(repr(t) for t in result["unknown"][:20]))
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    elif args.next is not None:
+        print(f"after {args.prompt!r}, the most likely next tokens:")
+        print("\n".join(f"  {t['token']!r:<12} {t['prob']:.2%}" for t in result["next"]))
+    else:
+        print(result["text"])
+    return 0

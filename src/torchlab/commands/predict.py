@@ -1,0 +1,49 @@
+"""`torchlab predict CKPT IMAGE...`: classify image files with a trained checkpoint, read as the dataset was made."""
+
+from __future__ import annotations
+
+import json
+
+from torchlab.data.images import add_photo_flags, photo_options
+from torchlab.checks import Bounded
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP or GIF files, any size and mode")
+    p.add_argument("--top-k", type=int, default=3, action=Bounded, lo=1, help="how many classes to show per image")
+    add_photo_flags(p)
+    p.add_argument("--show", metavar="OUT.png", help="save the model-sized input(s) the model saw, side by side")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def steps_text(steps: dict) -> str:
+    """One short note of what preprocessing changed, for the text output (the JSON has every detail)."""
+    done = []
+    if steps.get("inverted"):
+        done.append("inverted")
+    if steps.get("levels", {}).get("applied"):
+        done.append(f"background {steps['levels']['background']:.2f} -> 0")
+    if steps.get("frame", {}).get("applied"):
+        left, top, right, bottom = steps["frame"]["item_box"]
+        done.append(f"item {right - left}x{bottom - top} px framed")
+    return f"  ({'; '.join(done)})" if done else ""
+
+
+def run(args) -> int:
+    from torchlab import api
+
+    model = api.load(args.checkpoint, args.device)
+    if not isinstance(model, api.Classifier):
+        model = api.Classifier(model.checkpoint)  # raises the one-line error naming the kind of checkpoint
+    results = model.predict(args.images, args.top_k, photo_options(args), args.show)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
+              + steps_text(r["preprocessing"]))
+    if args.show:
+        print(f"model input{'s' if len(results) > 1 else ''} saved to {args.show}")
+    return 0
