@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchlab import runtime, trainer
+from torchlab import logger, runtime, trainer
 from torchlab.config import RunConfig
 from torchlab.errors import Interrupted, UserError
 
@@ -196,7 +196,8 @@ def test_ctrl_c_and_sigterm_leave_the_run_interrupted(tmp_path, monkeypatch, sig
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
 
-def test_the_context_keeps_a_quiet_run_quiet(tmp_path, capsys):
+def test_the_context_keeps_a_quiet_run_quiet(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logger, "QUIET", True)  # the context decides, not the --quiet flag's global
     trainer.train(FakeTask(), config(tmp_path), ctx=trainer.Context(quiet=True))
     assert capsys.readouterr().err == ""
     trainer.train(FakeTask(), config(tmp_path, run_dir=str(tmp_path / "loud")), ctx=trainer.Context(quiet=False))

@@ -3,7 +3,7 @@
     import torchlab
     run = torchlab.train("fashion-mnist", epochs=1)   # a Run: run_dir, config, history, best, test, model
     model = torchlab.load(run.run_dir)                # .predict(images), or .generate(prompt) for text
-    torchlab.evaluate(run.run_dir)                    # the metrics `torchlab eval --json` prints
+    torchlab.evaluate(run.run_dir)                    # the metrics `torchlab eval CKPT --json` prints
 
 See torchlab/api.py. The names load on first use, so `import torchlab` stays quick.
 """

@@ -5,7 +5,7 @@
     print(run.test, run.history[-1])
     model = torchlab.load(run.run_dir)              # best.pt of the run
     model.predict(["shoe.jpg", pil_image, tensor])  # top classes, read as `torchlab predict` reads photos
-    torchlab.evaluate(run.run_dir)                  # the metrics `torchlab eval --json` prints
+    torchlab.evaluate(run.run_dir)                  # the metrics `torchlab eval CKPT --json` prints
 
 Settings are the `torchlab train` flags with underscores (`batch_size=128`,
 `recipe="strong"`); bad values raise `torchlab.UserError` with the one-line
@@ -162,7 +162,7 @@ class TextModel:
 
 def evaluate(model: "str | Path | Classifier", data_dir: str | None = None, device: str | torch.device = "auto",
              batch_size: int = 1000, out: str | None = None) -> dict:
-    """The metrics `torchlab eval --json` prints: accuracy and loss on the whole test split (val for an image
+    """The metrics `torchlab eval CKPT --json` prints: accuracy and loss on the whole test split (val for an image
     folder without test/), per-class accuracy, the confusion matrix (a list of rows) and its PNG (`out`,
     default beside the checkpoint)."""
     ckpt = model.checkpoint if isinstance(model, (Classifier, TextModel)) else checkpoint.load(model)

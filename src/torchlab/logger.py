@@ -26,14 +26,15 @@ class Nothing:
         return lambda *args, **kwargs: None
 
 
-def progress(total: int, desc: str, unit: str = "step", scale: int = 1):
-    """A progress bar that disappears when stderr is not a terminal (CI logs stay readable)."""
+def progress(total: int, desc: str, unit: str = "step", scale: int = 1, quiet: bool | None = None):
+    """A progress bar that disappears when stderr is not a terminal (CI logs stay readable); `quiet`
+    (default: the --quiet flag) switches it off."""
     try:
         from tqdm import tqdm
     except ImportError:  # a bare machine (benchmarks/gpu.sh): no bars
         return Nothing()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, leave=False,
-                disable=True if QUIET else None, dynamic_ncols=True, file=sys.stderr)
+                disable=True if (QUIET if quiet is None else quiet) else None, dynamic_ncols=True, file=sys.stderr)
 
 
 def tracked(items, desc: str, unit: str = "batch", total: int | None = None):

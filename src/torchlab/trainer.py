@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,11 +82,13 @@ class Context:
     quiet: bool = False
 
     def say(self, *parts) -> None:
+        """A progress message on stderr (stdout carries only results), from rank 0 unless quiet."""
         if not self.quiet and self.world.main:
-            logger.say(*parts)
+            print(*parts, file=sys.stderr, flush=True)
 
     def progress(self, total: int, desc: str, unit: str, scale: int = 1):
-        return Nothing() if self.quiet or not self.world.main else logger.progress(total, desc, unit, scale)
+        return Nothing() if self.quiet or not self.world.main else logger.progress(total, desc, unit, scale,
+                                                                                    quiet=False)
 
 
 @dataclass
