@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import shlex
 
 import pytest
 import torch
@@ -246,3 +247,46 @@ def test_bad_numbers_on_the_command_line_are_one_line_errors(capsys, flags, mess
     """Refused before any data is read."""
     assert main(["train", "fashion-mnist", *flags, "--quiet"]) == 2
     assert message in error_line(capsys)
+
+
+def help_text(capsys, command: str) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def examples(text: str) -> list[str]:
+    """The commands of a --help's example paragraph, without their comments."""
+    block = text.split("example:\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split("#")[0].strip() for line in block.splitlines()]
+
+
+def test_train_help_groups_the_flags_by_kind(capsys):
+    from torchlab.config import GROUPS
+
+    text = help_text(capsys, "train")
+    starts = [text.index(f"\n{title}:\n") for title in GROUPS]
+    assert starts == sorted(starts)  # every task, images, language models, then the machine
+    section = {title: text[start:end] for title, start, end in zip(GROUPS, starts, [*starts[1:], len(text)])}
+    where = {flag: next(t for t, part in section.items() if f"  {flag} " in part or f"  {flag}," in part)
+             for flag in ("--epochs", "--lr", "--max-steps", "--data-dir", "--augment", "--model", "--recipe",
+                          "--cell", "--corpus", "--bptt", "--precision", "--threads", "--device", "--compile")}
+    assert {f for f, t in where.items() if t == GROUPS[0]} == {"--epochs", "--lr", "--max-steps", "--data-dir"}
+    assert {f for f, t in where.items() if t == GROUPS[1]} == {"--augment", "--model", "--recipe"}
+    assert {f for f, t in where.items() if t == GROUPS[2]} == {"--cell", "--corpus", "--bptt"}
+    assert {f for f, t in where.items() if t == GROUPS[3]} == {"--precision", "--threads", "--device", "--compile"}
+    assert "(default: 3; lm: 25)" in section[GROUPS[0]]  # a shared flag names both defaults
+
+
+def test_train_and_generate_help_examples_are_whole_commands_for_each_task(capsys):
+    from torchlab.cli import build_parser
+
+    parser = build_parser()
+    train = examples(help_text(capsys, "train"))
+    assert any(e.startswith("torchlab train fashion-mnist") for e in train)
+    assert any(e.startswith("torchlab train lm --corpus") for e in train)
+    generate = examples(help_text(capsys, "generate"))
+    assert len(generate) == 2 and any("--next 5" in e for e in generate)
+    for line in train + generate:
+        args = parser.parse_args([a.replace("<run>", "r") for a in shlex.split(line)[1:]])  # parses: runnable
+        assert hasattr(args, "func"), line

@@ -216,3 +216,49 @@ def test_old_states_are_read_with_their_names_of_format_1():
 def test_runtime_choose_takes_defaults_without_a_workload():
     rt, _ = runtime.choose(torch.device("cpu"), runtime.Requested("fp32", "off", "off", 1), None)
     assert rt.device.type == "cpu"
+
+
+class Sampled(dict):
+    sampled = True  # as a --max-steps run's data that scores a sample of val and test
+
+
+class SampledTask(FakeTask):
+    """Its (sampled) validation flatters: a score of 0 that no whole validation can beat."""
+
+    def prepare(self, cfg, device, resume):
+        return Sampled(super().prepare(cfg, device, resume))
+
+    def validate(self, s):
+        return {"val_mse": 0.0}
+
+
+def test_a_best_score_from_a_sample_gives_way_to_the_first_whole_validation(tmp_path):
+    cfg = config(tmp_path, max_steps=6)  # half-way through the second epoch of 4 steps
+    stopped = trainer.train(SampledTask(), cfg, ctx=trainer.Context(quiet=True))
+    assert stopped.best == {"val_mse": 0.0, "epoch": 1}
+    assert stopped.summary["epochs"] == 1 and stopped.summary["epochs_done"] == 1.5
+    assert [step for step, _ in stopped.summary["loss_log"]] == [1, 2, 3, 4, 5, 6]  # log_every 1
+    assert stopped.history[-1]["partial"] and "partial" not in stopped.history[0]
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert last["state"]["best_sampled"]
+    last["path"] = str(tmp_path / "run" / "last.pt")
+    resumed = trainer.train(FakeTask(), dataclasses.replace(cfg, max_steps=0), resume=last, run_dir=tmp_path / "run",
+                            ctx=trainer.Context(quiet=True))
+    whole = [h["val_mse"] for h in resumed.history[2:]]  # epochs 2, 3 and 4, validated on the whole split
+    best = min(range(3), key=whole.__getitem__)
+    assert resumed.best == {"val_mse": whole[best], "epoch": best + 2} and whole[best] > 0
+    assert resumed.summary["epochs_done"] == 4 and len(resumed.summary["loss_log"]) == 16
+
+
+class Settled(dict):
+    settings = {"batch_size": 32}  # what a task's data decided, e.g. a default batch cut to the training set
+
+
+def test_settings_the_data_decides_are_used_and_saved(tmp_path):
+    class Task(FakeTask):
+        def prepare(self, cfg, device, resume):
+            return Settled(super().prepare(cfg, device, resume))
+
+    run = trainer.train(Task(), config(tmp_path, epochs=1), ctx=trainer.Context(quiet=True))
+    assert run.summary["steps"] == 64 // 32 and run.config.batch_size == 32
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["train_config"]["batch_size"] == 32

@@ -95,7 +95,8 @@ class Classifier:
 
     def predict(self, images, top_k: int = 3, options: PhotoOptions | None = None,
                 show: str | None = None) -> list[dict]:
-        """The `top_k` classes of each image, most likely first, and the preprocessing applied to it.
+        """The `top_k` classes of each image, most likely first, whether it was inverted (negated to a light
+        item on black, as the dataset's images are), and the preprocessing applied to it.
 
         `images`: one or a list of file paths, PIL images and tensors ([C, H, W] or [H, W], floats in
         [0, 1] or uint8; a [N, C, H, W] tensor is N images). `show` saves the model-sized inputs as one PNG.
@@ -104,8 +105,11 @@ class Classifier:
             raise UserError(f"top_k {top_k}: must be at least 1", "e.g. top_k=3")
         items = list(images) if isinstance(images, (list, tuple)) or is_batch(images) else [images]
         named = [as_image(item, i) for i, item in enumerate(items)]  # every item checked before any work
-        return predict_images(self.model, self.checkpoint, [img for _, img in named], [name for name, _ in named],
-                              self.device, top_k, options or PhotoOptions(), show)
+        results = predict_images(self.model, self.checkpoint, [img for _, img in named], [name for name, _ in named],
+                                 self.device, top_k, options or PhotoOptions(), show)
+        for r in results:  # stated for every image, true or false: colour models never invert
+            r["inverted"] = bool(r["preprocessing"].get("inverted", False))
+        return results
 
 
 def is_batch(images) -> bool:

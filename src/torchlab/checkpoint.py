@@ -20,6 +20,7 @@ import torch
 
 from torchlab import distributed
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 FORMAT = "torchlab-checkpoint"
 VERSION = 2  # 2: one training state for every task (best, seen); 1 is still read (trainer.State.restore)
@@ -58,19 +59,25 @@ def load(path: str | Path, task: str | None = None) -> dict[str, Any]:
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
     if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint", "pass a .pt file written by `torchlab train`")
+        raise UserError(_("{path}: no such checkpoint").format(path=path),
+                        _("pass a .pt file written by `torchlab train`"))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable torchlab checkpoint ({first[:160]})",
-                        "it may be damaged or written by another program; use a checkpoint from `torchlab train`") from None
+        raise UserError(_("{path}: not a readable torchlab checkpoint ({reason})").format(path=path,
+                                                                                          reason=first[:160]),
+                        _("it may be damaged or written by another program; use a checkpoint from `torchlab train`")
+                        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in REQUIRED):
-        raise UserError(f"{path}: not a torchlab checkpoint", "use a checkpoint written by `torchlab train`")
+        raise UserError(_("{path}: not a torchlab checkpoint").format(path=path),
+                        _("use a checkpoint written by `torchlab train`"))
     if ckpt["version"] > VERSION:
-        raise UserError(f"{path}: checkpoint format {ckpt['version']} is newer than this torchlab", "upgrade torchlab")
+        raise UserError(_("{path}: checkpoint format {version} is newer than this torchlab").format(
+            path=path, version=ckpt["version"]), _("upgrade torchlab"))
     if task is not None and ckpt["task"] != task:
-        raise UserError(f"{path}: checkpoint is for task {ckpt['task']!r}, not {task!r}", "use a checkpoint of the same task")
+        raise UserError(_("{path}: checkpoint is for task {found}, not {wanted}").format(
+            path=path, found=repr(ckpt["task"]), wanted=repr(task)), _("use a checkpoint of the same task"))
     ckpt["path"] = str(path)
     return ckpt
 

@@ -13,6 +13,7 @@ import argparse
 import math
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 
 def finite(value: float) -> bool:
@@ -26,16 +27,18 @@ def violation(value, lo=None, hi=None, lo_open: bool = False, hi_open: bool = Fa
     """What `value` must be, when it is not finite or lies outside [lo, hi] (an open end excludes the bound);
     None when it is fine. NaN compares False with every bound, so it is caught first."""
     if not finite(value):
-        return "a finite number"
+        return _("a finite number")
     below = lo is not None and (value <= lo if lo_open else value < lo)
     above = hi is not None and (value >= hi if hi_open else value > hi)
     if not (below or above):
         return None
     if hi is None:
-        return f"greater than {lo}" if lo_open else "0 or more" if lo == 0 else f"at least {lo}"
+        return (_("greater than {lo}").format(lo=lo) if lo_open else _("0 or more") if lo == 0
+                else _("at least {lo}").format(lo=lo))
     if lo is None:
-        return f"below {hi}" if hi_open else f"at most {hi}"
-    return f"in [{lo}, {hi})" if hi_open else f"between {lo} and {hi}"
+        return _("below {hi}").format(hi=hi) if hi_open else _("at most {hi}").format(hi=hi)
+    return (_("in [{lo}, {hi})").format(lo=lo, hi=hi) if hi_open
+            else _("between {lo} and {hi}").format(lo=lo, hi=hi))
 
 
 class Bounded(argparse.Action):
@@ -48,5 +51,6 @@ class Bounded(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         need = violation(value, **self.bounds)
         if need is not None:
-            raise UserError(f"{option_string} {value}: must be {need}", f"see `{parser.prog} --help`")
+            raise UserError(_("{flag} {value}: must be {need}").format(flag=option_string, value=value, need=need),
+                            _("see `{prog} --help`").format(prog=parser.prog))
         setattr(namespace, self.dest, value)

@@ -13,31 +13,46 @@ import shlex
 import sys
 import traceback
 
-from torchlab import __version__, logger, runinfo
+from torchlab import __version__, i18n, logger, runinfo
 from torchlab.commands import COMMANDS
 from torchlab.errors import Interrupted, UserError
+from torchlab.i18n import N_, _
+
+# argparse's own words in `--help` and in its commonest errors, which it looks up with its module's `_`: main()
+# points that at torchlab's catalog, so they follow --lang too (any other argparse text stays English).
+ARGPARSE_WORDS = (N_("usage: "), N_("options"), N_("positional arguments"), N_("show this help message and exit"),
+                  N_("show program's version number and exit"), N_("argument %(argument_name)s: %(message)s"),
+                  N_("invalid choice: %(value)r (choose from %(choices)s)"), N_("invalid %(type)s value: %(value)r"),
+                  N_("unrecognized arguments: %s"), N_("the following arguments are required: %s"),
+                  N_("expected one argument"))
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is a UserError: one line, exit 2, like every other bad input."""
 
     def error(self, message):
-        raise UserError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+        raise UserError(f"{self.prog}: {message}", _("see `{prog} --help`").format(prog=self.prog))
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output, results only")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_("show tracebacks for errors"))
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help=_("no progress output, results only"))
+    p.add_argument("--lang", choices=i18n.LANGUAGES, default=argparse.SUPPRESS,
+                   help=_("language of the messages: zh (Chinese) or en (English); default: $TORCHLAB_LANG, "
+                          "else the locale ($LC_ALL, $LC_MESSAGES, $LANG)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="torchlab", description="A small deep-learning workbench built from a learner's PyTorch notes.")
+    parser = Parser(prog="torchlab",
+                    description=_("A small deep-learning workbench built from a learner's PyTorch notes."))
     parser.add_argument("--version", action="version", version=f"torchlab {__version__}")
     add_common(parser)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for command, module_name, help, example in COMMANDS:
         module = importlib.import_module(f"torchlab.commands.{module_name}")
-        p = subs.add_parser(command, help=help, description=f"{help}\n\nexample:\n  {example}",
+        help = _(help)
+        p = subs.add_parser(command, help=help, description=help + "\n\n" + _("example:") + "\n  " + example,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         add_common(p)
         module.add_arguments(p)
@@ -55,6 +70,8 @@ def rank_tag() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    i18n.use(i18n.language_in(argv) or i18n.from_environment())  # always: no language is left from a last call
+    argparse._ = _
     debug = "--debug" in argv
     logger.QUIET = "--quiet" in argv
     runinfo.COMMAND = "torchlab " + shlex.join(argv)  # kept in each run's summary.json
@@ -67,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print(f"torchlab{rank_tag()}: error: {e}", file=sys.stderr)
+        print(_("torchlab{rank}: error: {message}").format(rank=rank_tag(), message=e), file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"torchlab{rank_tag()}: {e}", file=sys.stderr)
@@ -75,5 +92,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print("torchlab: interrupted", file=sys.stderr)
+        print(_("torchlab: interrupted"), file=sys.stderr)
         return 130

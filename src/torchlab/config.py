@@ -21,6 +21,7 @@ from typing import Any, Callable, Union
 
 from torchlab.checks import violation
 from torchlab.errors import UserError
+from torchlab.i18n import N_, _
 from torchlab.recipes import RECIPES, TASK_DEFAULTS, recipe_values
 
 if sys.version_info >= (3, 11):
@@ -36,7 +37,7 @@ Resumable = Union[bool, Callable[[Any], bool]]
 
 
 def opt(default, help: str, choices=None, flag: bool = True, *, lo=None, hi=None, hi_open: bool = False,
-        resumable: Resumable = False, hint: str = "fix the value"):
+        resumable: Resumable = False, hint: str = N_("fix the value")):
     """A setting: its default, help text and what `check_values` enforces. Values must lie in [lo, hi]
     ([lo, hi) with `hi_open`; either bound may be None), floats must be finite. `resumable`: see
     `resumed`. `hint` ends the one-line error for a value out of bounds."""
@@ -58,35 +59,35 @@ class RunConfig:
     """The settings every training run has. Defaults and help are image classification's (the notes'
     Fashion-MNIST settings), which `torchlab train --help` shows; LMTrainConfig changes some with `like`."""
 
-    task: str = opt("fashion-mnist", "dataset to train on", flag=False)
-    epochs: int = opt(3, "passes over the training split", lo=1, resumable=constant_schedule)
-    batch_size: int = opt(64, "training images per step (lm: parallel text streams)", lo=1)
+    task: str = opt("fashion-mnist", N_("dataset to train on"), flag=False)
+    epochs: int = opt(3, N_("passes over the training split"), lo=1, resumable=constant_schedule)
+    batch_size: int = opt(64, N_("training images per step (lm: parallel text streams)"), lo=1)
     # 256: on a 2-core EPYC Zen 3, chunks of 128-256 score 1.3-2x faster than chunks of 1000, whose
     # activations (1000 x 32 x 26 x 26 floats = 87 MB) no longer fit in the caches.
-    eval_batch_size: int = opt(256, "images per step when evaluating (does not change results)", lo=1,
+    eval_batch_size: int = opt(256, N_("images per step when evaluating (does not change results)"), lo=1,
                                resumable=True)
-    optimizer: str = opt("adam", "update rule", ["sgd", "adam", "adamw"])
-    lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)", lo=0)
-    momentum: float = opt(0.9, "momentum for sgd (Nesterov)", **FRACTION, hint="e.g. 0.9, or 0 for none")
-    weight_decay: float = opt(0.0, "L2 penalty (decoupled for adamw)", lo=0)
-    schedule: str = opt("constant", "learning-rate schedule over all steps", ["constant", "cosine", "onecycle"])
-    ema: float = opt(0.0, "validate, keep and test an exponential moving average of the weights with this "
-                          "decay per step, e.g. 0.999 (0: off)", **FRACTION, hint="e.g. 0.99, or 0 for no average")
-    precision: str = opt("auto", "arithmetic for forward passes (bf16 autocast changes numbers; auto: whichever "
-                                 "trains faster here, measured; bf16 is never tried where it is emulated)",
+    optimizer: str = opt("adam", N_("update rule"), ["sgd", "adam", "adamw"])
+    lr: float = opt(1e-3, N_("learning rate (the peak rate for one-cycle)"), lo=0)
+    momentum: float = opt(0.9, N_("momentum for sgd (Nesterov)"), **FRACTION, hint=N_("e.g. 0.9, or 0 for none"))
+    weight_decay: float = opt(0.0, N_("L2 penalty (decoupled for adamw)"), lo=0)
+    schedule: str = opt("constant", N_("learning-rate schedule over all steps"), ["constant", "cosine", "onecycle"])
+    ema: float = opt(0.0, N_("validate, keep and test an exponential moving average of the weights with this "
+                          "decay per step, e.g. 0.999 (0: off)"), **FRACTION, hint=N_("e.g. 0.99, or 0 for no average"))
+    precision: str = opt("auto", N_("arithmetic for forward passes (bf16 autocast changes numbers; auto: whichever "
+                                 "trains faster here, measured; bf16 is never tried where it is emulated)"),
                          ["fp32", "bf16", "auto"])
-    threads: int = opt(0, "CPU threads (0: auto, the fastest measured here)", lo=0, resumable=True)
-    patience: int = opt(0, "stop after this many epochs without a better val accuracy (0: never)", lo=0,
+    threads: int = opt(0, N_("CPU threads (0: auto, the fastest measured here)"), lo=0, resumable=True)
+    patience: int = opt(0, N_("stop after this many epochs without a better val accuracy (0: never)"), lo=0,
                         resumable=True)
     # 2**32 - 1: the largest seed every generator takes (NumPy's are 32-bit).
-    seed: int = opt(0, "seed for the split, initial weights, batch order and augmentation", lo=0, hi=2**32 - 1)
-    device: str = opt("auto", "auto picks cuda, then mps, then cpu", ["auto", "cpu", "cuda", "mps"],
+    seed: int = opt(0, N_("seed for the split, initial weights, batch order and augmentation"), lo=0, hi=2**32 - 1)
+    device: str = opt("auto", N_("auto picks cuda, then mps, then cpu"), ["auto", "cpu", "cuda", "mps"],
                       resumable=True)
-    max_steps: int = opt(0, "stop after this many training steps (0: no limit); for quick dry runs", lo=0,
+    max_steps: int = opt(0, N_("stop after this many training steps (0: no limit); for quick dry runs"), lo=0,
                          resumable=True)
-    log_every: int = opt(50, "steps between loss readings (each one syncs with the device)", lo=1, resumable=True)
-    data_dir: str = opt("", "folder holding the dataset files (see `torchlab data`)", resumable=True)
-    run_dir: str = opt("", "where logs and checkpoints go (default: runs/TASK-MODEL-TIME)")
+    log_every: int = opt(50, N_("steps between loss readings (each one syncs with the device)"), lo=1, resumable=True)
+    data_dir: str = opt("", N_("folder holding the dataset files (see `torchlab data`)"), resumable=True)
+    run_dir: str = opt("", N_("where logs and checkpoints go (default: runs/TASK-MODEL-TIME)"))
 
 
 def like(name: str, default=MISSING, help: str | None = None, **changes):
@@ -100,33 +101,33 @@ def like(name: str, default=MISSING, help: str | None = None, **changes):
 class TrainConfig(RunConfig):
     """`torchlab train fashion-mnist|mnist|cifar10|image-folder`: image classification."""
 
-    recipe: str = opt("notes", "named preset of the settings below", list(RECIPES))
-    target: int = opt(94, "--recipe fast: the Fashion-MNIST test accuracy (%%) to reach in the least time",
+    recipe: str = opt("notes", N_("named preset of the settings below"), list(RECIPES))
+    target: int = opt(94, N_("--recipe fast: the Fashion-MNIST test accuracy (%%) to reach in the least time"),
                       [91, 93, 94])
-    model: str = opt("notes-cnn", "network (see `torchlab models`)")
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing", **FRACTION, hint="e.g. 0.1")
-    augment: bool = opt(False, "random 2-pixel shifts (and flips where labels allow) while training")
-    erase: float = opt(0.0, "with --augment: chance of blanking a random rectangle of each training image "
-                            "(random erasing)", **FRACTION, hint="e.g. 0.3")
-    photo: float = opt(0.0, "train on photo-like changes at this strength, what predict's preprocessing cannot "
+    model: str = opt("notes-cnn", N_("network (see `torchlab models`)"))
+    label_smoothing: float = opt(0.0, N_("cross-entropy label smoothing"), **FRACTION, hint=N_("e.g. 0.1"))
+    augment: bool = opt(False, N_("random 2-pixel shifts (and flips where labels allow) while training"))
+    erase: float = opt(0.0, N_("with --augment: chance of blanking a random rectangle of each training image "
+                            "(random erasing)"), **FRACTION, hint=N_("e.g. 0.3"))
+    photo: float = opt(0.0, N_("train on photo-like changes at this strength, what predict's preprocessing cannot "
                             "fully undo (1: a turn of up to 15 degrees refitted to the frame, a zoom-in of up to 25%%, "
                             "blur up to sigma 1 and noise up to sigma 0.08 on half the images each; 0: off; not for "
-                            "image-folder)", lo=0, hi=2, hint="e.g. 1, or 0 for none")
-    tta: bool = opt(False, "average predictions over the image and its mirror when evaluating")
-    tta_shift: int = opt(0, "when evaluating, also score each image moved this many pixels diagonally, both "
-                            "ways (a quarter of the vote each; 0: off); pays when training shifted the images",
-                         lo=0, hi=8, hint="e.g. 1")
-    channels_last: str = opt("auto", "NHWC memory layout for convolutions (auto: whichever trains faster here, "
-                                     "measured)", ["auto", "on", "off"])
-    compile: str = opt("auto", "torch.compile the model (auto: on where it measured faster, compile time "
-                               "included, for runs long enough to win it back)", ["auto", "on", "off"])
-    val_size: int = opt(5000, "training images held out for validation (0: none; image-folder: see --val-fraction)",
+                            "image-folder)"), lo=0, hi=2, hint=N_("e.g. 1, or 0 for none"))
+    tta: bool = opt(False, N_("average predictions over the image and its mirror when evaluating"))
+    tta_shift: int = opt(0, N_("when evaluating, also score each image moved this many pixels diagonally, both "
+                            "ways (a quarter of the vote each; 0: off); pays when training shifted the images"),
+                         lo=0, hi=8, hint=N_("e.g. 1"))
+    channels_last: str = opt("auto", N_("NHWC memory layout for convolutions (auto: whichever trains faster here, "
+                                     "measured)"), ["auto", "on", "off"])
+    compile: str = opt("auto", N_("torch.compile the model (auto: on where it measured faster, compile time "
+                               "included, for runs long enough to win it back)"), ["auto", "on", "off"])
+    val_size: int = opt(5000, N_("training images held out for validation (0: none; image-folder: see --val-fraction)"),
                         lo=0)
-    val_fraction: float = opt(0.2, "image-folder without a val/ sub-folder: share of each class held out (0: none)",
-                              **FRACTION, hint="e.g. 0.2")
-    image_size: int = opt(96, "image-folder: side in pixels of the square crops the model sees", lo=8, hi=1024,
-                          hint="e.g. 64")
-    test_every_epoch: bool = opt(False, "also score the test set after every epoch (for time-to-accuracy)",
+    val_fraction: float = opt(0.2, N_("image-folder without a val/ sub-folder: share of each class held out (0: none)"),
+                              **FRACTION, hint=N_("e.g. 0.2"))
+    image_size: int = opt(96, N_("image-folder: side in pixels of the square crops the model sees"), lo=8, hi=1024,
+                          hint=N_("e.g. 64"))
+    test_every_epoch: bool = opt(False, N_("also score the test set after every epoch (for time-to-accuracy)"),
                                  resumable=True)
 
 
@@ -134,45 +135,46 @@ class TrainConfig(RunConfig):
 class LMTrainConfig(RunConfig):
     """`torchlab train lm`: a recurrent language model trained with truncated back-propagation through time."""
 
-    task: str = like("task", "lm", "always lm")
-    corpus: str = opt("timemachine", "timemachine, tang, or the path of a text file")
-    level: str = opt("char", "tokens: characters, or words with punctuation split off (Chinese: always characters)",
+    task: str = like("task", "lm", N_("always lm"))
+    corpus: str = opt("timemachine", N_("timemachine, tang, or the path of a text file"))
+    level: str = opt("char", N_("tokens: characters, or words with punctuation split off (Chinese: always characters)"),
                      ["char", "word"])
-    script: str = opt("simplified", "tang: convert to simplified characters with OpenCC, or keep the traditional ones",
+    script: str = opt("simplified",
+                      N_("tang: convert to simplified characters with OpenCC, or keep the traditional ones"),
                       ["simplified", "traditional"])
-    encoding: str = opt("utf-8", "encoding of a corpus file (e.g. gb18030, latin-1)")
-    cell: str = opt("lstm", "recurrent cell", ["rnn", "lstm", "gru"])
-    impl: str = opt("torch", "torch: PyTorch's fused layers; scratch: torchlab's cells written from the equations",
+    encoding: str = opt("utf-8", N_("encoding of a corpus file (e.g. gb18030, latin-1)"))
+    cell: str = opt("lstm", N_("recurrent cell"), ["rnn", "lstm", "gru"])
+    impl: str = opt("torch", N_("torch: PyTorch's fused layers; scratch: torchlab's cells written from the equations"),
                     ["torch", "scratch"])
-    embed_size: int = opt(256, "size of the token embeddings", lo=1)
-    hidden_size: int = opt(512, "size of the hidden state of each layer", lo=1)
-    layers: int = opt(2, "stacked recurrent layers", lo=1)
-    dropout: float = opt(0.5, "dropout between layers and before the output layer", **FRACTION, hint="e.g. 0.3")
-    embed_dropout: float = opt(0.2, "dropout on the token embeddings", **FRACTION, hint="e.g. 0.3")
-    weight_drop: float = opt(0.3, "drop this fraction of the hidden-to-hidden weights in each training window "
-                                  "(DropConnect, as in AWD-LSTM)", **FRACTION, hint="e.g. 0.3")
-    tie: bool = opt(False, "share the output layer's weights with the embedding (needs embed size = hidden size)")
-    bptt: int = opt(64, "tokens per window of truncated back-propagation through time", lo=1)
-    clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", lo=0)
-    ema: float = like("ema", help="validate, keep and test an exponential moving average of the weights with this "
-                                  "decay per step, e.g. 0.99 (0: off)")
-    epochs: int = like("epochs", 25, "passes over the training text")  # timemachine: val flat after epoch ~21 of 30
-    batch_size: int = like("batch_size", 32, "parallel text streams per step")
+    embed_size: int = opt(256, N_("size of the token embeddings"), lo=1)
+    hidden_size: int = opt(512, N_("size of the hidden state of each layer"), lo=1)
+    layers: int = opt(2, N_("stacked recurrent layers"), lo=1)
+    dropout: float = opt(0.5, N_("dropout between layers and before the output layer"), **FRACTION, hint=N_("e.g. 0.3"))
+    embed_dropout: float = opt(0.2, N_("dropout on the token embeddings"), **FRACTION, hint=N_("e.g. 0.3"))
+    weight_drop: float = opt(0.3, N_("drop this fraction of the hidden-to-hidden weights in each training window "
+                                  "(DropConnect, as in AWD-LSTM)"), **FRACTION, hint=N_("e.g. 0.3"))
+    tie: bool = opt(False, N_("share the output layer's weights with the embedding (needs embed size = hidden size)"))
+    bptt: int = opt(64, N_("tokens per window of truncated back-propagation through time"), lo=1)
+    clip: float = opt(1.0, N_("clip the gradient norm to this (0: no clipping)"), lo=0)
+    ema: float = like("ema", help=N_("validate, keep and test an exponential moving average of the weights with this "
+                                  "decay per step, e.g. 0.99 (0: off)"))
+    epochs: int = like("epochs", 25, N_("passes over the training text"))  # timemachine: val flat after epoch ~21 of 30
+    batch_size: int = like("batch_size", 32, N_("parallel text streams per step"))
     # Not resumable: each eval stream starts from a zero state, so their count changes perplexity a little.
-    eval_batch_size: int = like("eval_batch_size", 16, "parallel streams when evaluating (every token is scored "
-                                "once; each stream starts from a zero state, so this shifts perplexity slightly)",
+    eval_batch_size: int = like("eval_batch_size", 16, N_("parallel streams when evaluating (every token is scored "
+                                "once; each stream starts from a zero state, so this shifts perplexity slightly)"),
                                 resumable=False)
     optimizer: str = like("optimizer", "adamw")
     lr: float = like("lr", 3e-3)
     weight_decay: float = like("weight_decay", 0.1)
     schedule: str = like("schedule", "cosine")
-    precision: str = like("precision", help="arithmetic for forward passes (auto: whichever trains faster here, "
-                                            "measured; bf16 is never tried where it is emulated)")
-    patience: int = like("patience", help="stop after this many epochs without a better val perplexity (0: never)")
-    seed: int = like("seed", help="seed for the split of multi-document corpora, initial weights, window offsets, "
-                                  "dropout")
-    data_dir: str = like("data_dir", help="folder holding the corpus (see `torchlab train --help`)")
-    run_dir: str = like("run_dir", help="where logs and checkpoints go (default: runs/lm-CORPUS-CELL-TIME)")
+    precision: str = like("precision", help=N_("arithmetic for forward passes (auto: whichever trains faster here, "
+                                            "measured; bf16 is never tried where it is emulated)"))
+    patience: int = like("patience", help=N_("stop after this many epochs without a better val perplexity (0: never)"))
+    seed: int = like("seed", help=N_("seed for the split of multi-document corpora, initial weights, window offsets, "
+                                  "dropout"))
+    data_dir: str = like("data_dir", help=N_("folder holding the corpus (see `torchlab train --help`)"))
+    run_dir: str = like("run_dir", help=N_("where logs and checkpoints go (default: runs/lm-CORPUS-CELL-TIME)"))
 
 
 CONFIGS = (TrainConfig, LMTrainConfig)
@@ -183,36 +185,44 @@ def config_class(task: str) -> type:
     return LMTrainConfig if task == "lm" else TrainConfig
 
 
-def flag_order(cls: type) -> list:
-    """A config's own fields, then the shared ones: `--recipe` stays above the settings it presets."""
-    shared = set(RunConfig.__dataclass_fields__)
-    fields = dataclasses.fields(cls)
-    return [f for f in fields if f.name not in shared] + [f for f in fields if f.name in shared]
+# `torchlab train --help` groups the flags by kind; settings of the machine, not of the model, go last.
+RUNTIME = ("device", "precision", "channels_last", "compile", "threads")
+GROUPS = (N_("every task"), N_("images (fashion-mnist, mnist, cifar10, image-folder)"),
+          N_("language models (train lm)"), N_("hardware and runtime (auto: measured on this machine)"))
+
+
+def flag_group(name: str) -> str:
+    """Which of GROUPS a setting's flag is listed under."""
+    if name in RUNTIME:
+        return GROUPS[3]
+    if name in RunConfig.__dataclass_fields__:
+        return GROUPS[0]
+    return GROUPS[1] if name in TrainConfig.__dataclass_fields__ else GROUPS[2]
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field of TrainConfig and LMTrainConfig (shared names once); unset flags stay absent,
-    so they override neither TOML files nor recipes."""
-    seen = set()
-    lm_group = parser.add_argument_group("language models (train lm)")
+    """One flag per field of TrainConfig and LMTrainConfig (shared names once), grouped by kind (GROUPS);
+    unset flags stay absent, so they override neither TOML files nor recipes."""
+    groups = {title: parser.add_argument_group(_(title)) for title in GROUPS}
     lm_defaults = {f.name: f.default for f in dataclasses.fields(LMTrainConfig)}
-    for cls in CONFIGS:
-        for f in flag_order(cls):
-            if not f.metadata["flag"] or f.name in seen:
-                continue
-            seen.add(f.name)
-            target = lm_group if cls is LMTrainConfig else parser
-            name = "--" + f.name.replace("_", "-")
-            lm_default = lm_defaults.get(f.name, f.default) if cls is TrainConfig else f.default
-            also = f"; lm: {lm_default}" if lm_default != f.default else ""
-            helptext = f.metadata["help"] + f" (default: {f.default}{also})"
-            if isinstance(f.default, bool):
-                target.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                    help=helptext)
-                continue
-            choices = f.metadata["choices"]
-            target.add_argument(name, type=type(f.default), choices=choices, default=argparse.SUPPRESS,
-                                metavar=f.name.upper() if not choices else None, help=helptext)
+    fields = {f.name: f for cls in (RunConfig, *CONFIGS) for f in dataclasses.fields(cls)}
+    for name, f in fields.items():  # RunConfig's first, in their order; then each task's own
+        f = TrainConfig.__dataclass_fields__.get(name, f)  # shared settings show the image defaults and help
+        if f.metadata["flag"]:
+            add_flag(groups[flag_group(name)], f, lm_defaults.get(name, f.default))
+
+
+def add_flag(group, f: dataclasses.Field, lm_default) -> None:
+    name = "--" + f.name.replace("_", "-")
+    also = _("; lm: {default}").format(default=lm_default) if lm_default != f.default else ""
+    helptext = _(f.metadata["help"]) + (_(" (default: {default}{lm})").format(default=f.default, lm=also)
+                                        if f.default != "" else "")  # "": none
+    if isinstance(f.default, bool):
+        group.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
+        return
+    choices = f.metadata["choices"]
+    group.add_argument(name, type=type(f.default), choices=choices, default=argparse.SUPPRESS,
+                       metavar=f.name.upper() if not choices else None, help=helptext)
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -222,9 +232,11 @@ def load_toml(path: str) -> dict[str, Any]:
         with open(path, "rb") as fh:
             values = tomllib.load(fh)
     except OSError as e:
-        raise UserError(f"--config {path}: cannot read ({e.strerror})", "check the path") from None
+        raise UserError(_("--config {path}: cannot read ({reason})").format(path=path, reason=e.strerror),
+                        _("check the path")) from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"--config {path}: not valid TOML ({e})", "fix the file") from None
+        raise UserError(_("--config {path}: not valid TOML ({reason})").format(path=path, reason=e),
+                        _("fix the file")) from None
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
@@ -234,9 +246,11 @@ def check_values(values: dict[str, Any], origin: str, cls: type = TrainConfig) -
     for key, value in values.items():
         if key not in fields:
             other = any(key in c.__dataclass_fields__ for c in CONFIGS if c is not cls)
-            which = "language models (train lm)" if cls is LMTrainConfig else "image classification"
-            raise UserError(f"{origin}: {key!r} is not a setting for {which}" if other else
-                            f"{origin}: unknown setting {key!r}", "see `torchlab train --help` for the keys")
+            which = _("language models (train lm)") if cls is LMTrainConfig else _("image classification")
+            raise UserError(_("{origin}: {key} is not a setting for {which}").format(origin=origin, key=repr(key),
+                                                                                      which=which) if other else
+                            _("{origin}: unknown setting {key}").format(origin=origin, key=repr(key)),
+                            _("see `torchlab train --help` for the keys"))
         check_value(fields[key], value, origin)
 
 
@@ -244,14 +258,16 @@ def check_value(f: dataclasses.Field, value: Any, origin: str) -> None:
     """One value against its field's type, choices and bounds (see `opt`)."""
     meta, kind = f.metadata, type(f.default)
     if not of_kind(value, kind):
-        raise UserError(f"{origin}: {f.name} must be {kind.__name__}, got {value!r}", "fix the value")
+        raise UserError(_("{origin}: {name} must be {kind}, got {value}").format(
+            origin=origin, name=f.name, kind=kind.__name__, value=repr(value)), _("fix the value"))
     choices = meta["choices"]
     if choices and value not in choices:
-        raise UserError(f"{origin}: {f.name} must be one of {', '.join(map(str, choices))}, got {value!r}",
-                        "fix the value")
+        raise UserError(_("{origin}: {name} must be one of {choices}, got {value}").format(
+            origin=origin, name=f.name, choices=", ".join(map(str, choices)), value=repr(value)), _("fix the value"))
     if kind in (int, float) and (need := violation(value, meta["lo"], meta["hi"], hi_open=meta["hi_open"])):
-        rule = "must not be negative" if need == "0 or more" else f"must be {need}"
-        raise UserError(f"{origin}: {f.name} {rule}, got {value!r}", meta["hint"])
+        rule = _("must not be negative") if need == _("0 or more") else _("must be {need}").format(need=need)
+        raise UserError(_("{origin}: {name} {rule}, got {value}").format(origin=origin, name=f.name, rule=rule,
+                                                                         value=repr(value)), _(meta["hint"]))
 
 
 def of_kind(value: Any, kind: type) -> bool:
@@ -263,20 +279,26 @@ def of_kind(value: Any, kind: type) -> bool:
 
 
 def resolve(cli: dict[str, Any], toml_path: str | None = None):
-    """Defaults < task defaults < recipe < TOML file < command-line flags; returns TrainConfig or LMTrainConfig."""
+    """Defaults < task defaults < recipe < TOML file < command-line flags; returns TrainConfig or LMTrainConfig.
+
+    The config's `explicit` attribute (not a field: never saved) names the settings the file and the flags
+    gave, so that a task may adapt a default that cannot work (a batch larger than a small training set)
+    while a value the user chose stays an error."""
     file_values = load_toml(toml_path) if toml_path else {}
     task = cli.get("task", file_values.get("task", TrainConfig.task))
     cls = config_class(task)
     check_values(file_values, f"--config {toml_path}", cls)
     check_values(cli, "command line", cls)
     if cls is LMTrainConfig:
-        return LMTrainConfig(**{**file_values, **cli})
-    recipe = cli.get("recipe", file_values.get("recipe", "notes"))
-    device = cli.get("device", file_values.get("device", "auto"))
-    target = cli.get("target", file_values.get("target", TrainConfig.target))
-    values = {**TASK_DEFAULTS.get(task, {}), **recipe_values(recipe, device, target), **file_values, **cli,
-              "recipe": recipe}
-    return TrainConfig(**values)
+        cfg = LMTrainConfig(**{**file_values, **cli})
+    else:
+        recipe = cli.get("recipe", file_values.get("recipe", "notes"))
+        device = cli.get("device", file_values.get("device", "auto"))
+        target = cli.get("target", file_values.get("target", TrainConfig.target))
+        cfg = TrainConfig(**{**TASK_DEFAULTS.get(task, {}), **recipe_values(recipe, device, target), **file_values,
+                             **cli, "recipe": recipe})
+    cfg.explicit = frozenset(file_values) | frozenset(cli)
+    return cfg
 
 
 def resumed(task: str, saved: dict[str, Any], given: dict[str, Any]):
@@ -291,8 +313,8 @@ def resumed(task: str, saved: dict[str, Any], given: dict[str, Any]):
         old = getattr(cfg, key)
         allowed = fields[key].metadata["resumable"]
         if value != old and not (allowed(cfg) if callable(allowed) else allowed):
-            raise UserError(f"--{key.replace('_', '-')} cannot change when resuming (the run used {old!r})",
-                            "start a new run to change it")
+            raise UserError(_("--{flag} cannot change when resuming (the run used {old})").format(
+                flag=key.replace("_", "-"), old=repr(old)), _("start a new run to change it"))
     return dataclasses.replace(cfg, **given)
 
 

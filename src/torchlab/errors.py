@@ -5,6 +5,8 @@ it as one line and exits with code 2. Every other exception is a bug in
 torchlab and is allowed to show its traceback.
 """
 
+from torchlab.i18n import _
+
 
 class UserError(Exception):
     """A problem the user can fix; `hint` says how."""
@@ -15,7 +17,7 @@ class UserError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        return _("{message} ({hint})").format(message=self.message, hint=self.hint) if self.hint else self.message
 
 
 class Interrupted(Exception):

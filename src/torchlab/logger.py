@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 QUIET = False  # set by `--quiet`
 
@@ -63,18 +64,21 @@ def new_run_dir(run_dir: str | None, default_name: str, flag: str = "--run-dir",
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create ({e.strerror})", "choose a writable folder") from None
+        raise UserError(_("{flag} {path}: cannot create ({reason})").format(flag=flag, path=path, reason=e.strerror),
+                        _("choose a writable folder")) from None
     return path
 
 
 def refuse_taken(path: Path, flag: str = "--run-dir", resumable: bool = False) -> None:
     """A new run may not go into a file, or into a folder that already holds files."""
     if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file, not a folder", f"choose another {flag}")
+        raise UserError(_("{flag} {path}: is a file, not a folder").format(flag=flag, path=path),
+                        _("choose another {flag}").format(flag=flag))
     if path.exists() and any(path.iterdir()):
-        hint = (f"resume it with `torchlab train --resume {path}` or choose another {flag}" if resumable
-                else f"choose another {flag}")
-        raise UserError(f"{flag} {path}: already holds files", hint)
+        hint = (_("resume it with `torchlab train --resume {path}` or choose another {flag}").format(path=path,
+                                                                                                     flag=flag)
+                if resumable else _("choose another {flag}").format(flag=flag))
+        raise UserError(_("{flag} {path}: already holds files").format(flag=flag, path=path), hint)
 
 
 def open_writer(run_dir):
@@ -95,7 +99,8 @@ def confusion_figure(confusion: torch.Tensor, classes, title: str = "confusion m
     except ImportError:  # a bare machine (benchmarks/gpu.sh)
         return None
 
-    matplotlib.use("Agg")  # no display needed
+    if "matplotlib.pyplot" not in sys.modules:  # a notebook keeps its inline backend
+        matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     k = len(classes)

@@ -4,6 +4,10 @@ Training writes `summary.json` when it starts (status "running"), after every
 epoch, and when it ends (finished, early-stopped, max-steps, interrupted or
 failed). A process killed outright leaves "running" behind; its pid and host
 tell a live run from a dead one.
+
+The teaching demos (linreg, conv-viz, image --logdir) write TensorBoard logs
+under runs/ too, but no run: each leaves a `demo.json` marker so that `torchlab
+runs` can tell them from folders it knows nothing about.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from pathlib import Path
 from torchlab.errors import UserError
 
 COMMAND = ""  # the command line of this process, set by the CLI
-STATUSES = ("finished", "interrupted", "failed", "running")
-# How each ending of a training run is listed; the last two can be resumed.
+STATUSES = ("finished", "max-steps", "interrupted", "failed", "running")
+# How each ending of a training run is listed; max-steps and interrupted runs can be resumed.
 SHOWN = {"finished": "finished", "early-stopped": "finished", "failed": "failed", "running": "running",
-         "max-steps": "interrupted", "interrupted": "interrupted"}
+         "max-steps": "max-steps", "interrupted": "interrupted"}
+DEMO_FILE = "demo.json"
 
 
 def write(run_dir: Path, summary: dict) -> dict:
@@ -74,25 +79,56 @@ def read(run_dir: Path) -> dict:
         summary["killed"] = True
     summary["shown"] = SHOWN.get(status, status)
     summary["run_dir"] = str(run_dir)
-    resumable = summary["shown"] == "interrupted" and (run_dir / "last.pt").is_file()
-    summary["resume"] = f"torchlab train --resume {run_dir}" if resumable else None
+    summary["resume"] = resume_command(run_dir, summary["shown"])
     return summary
 
 
-def find(root: Path) -> tuple[list[Path], list[Path]]:
-    """Run directories under `root` (itself included), and the other folders met on the way (foreign)."""
+def resume_command(run_dir: Path, shown: str) -> str | None:
+    """How to continue a run: an interrupted one as it was set up; one stopped by --max-steps with
+    `--max-steps 0`, which lifts the limit and finishes its epochs (the same limit would stop it at once)."""
+    if shown not in ("interrupted", "max-steps") or not (run_dir / "last.pt").is_file():
+        return None
+    return f"torchlab train --resume {run_dir}" + (" --max-steps 0" if shown == "max-steps" else "")
+
+
+def epochs_text(summary: dict) -> str:
+    """Epochs trained, a partial one included: "2", "1.35" or "0.0031" (a few --max-steps); "-" when unknown."""
+    done = summary.get("epochs_done", summary.get("epochs"))
+    if done is None or float(done).is_integer():
+        return "-" if done is None else str(int(done))
+    return f"{done:.3g}" if done >= 1 else f"{done:.2g}"
+
+
+def write_demo(folder: Path, demo: str, **extra) -> None:
+    """Mark a folder of a demo's logs (linreg, conv-viz, image) as such: not a run, nothing to resume."""
+    record = {"demo": demo, "command": COMMAND, "written": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    (Path(folder) / DEMO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def demo_of(path: Path) -> str | None:
+    """The demo that wrote a folder (its marker), or None."""
+    try:
+        return str(json.loads((Path(path) / DEMO_FILE).read_text()).get("demo", "demo"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def find(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Run directories under `root` (itself included), the demos' log folders, and the other folders met on
+    the way (foreign)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such directory", "give the folder that holds your runs, e.g. runs")
     if is_run(root):
-        return [root], []
-    runs, foreign = [], []
+        return [root], [], []
+    runs, demos, foreign = [], [], []
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         if is_run(path):
             runs.append(path)
             continue
-        inner, _ = find(path) if not path.is_symlink() else ([], [])
+        inner, inner_demos, _ = find(path) if not path.is_symlink() else ([], [], [])
         runs += inner
-        if not inner:
-            foreign.append(path)
-    return runs, foreign
+        demos += inner_demos
+        if not inner and not inner_demos:  # a demo may log into a folder of runs (image --logdir runs)
+            (demos if demo_of(path) is not None else foreign).append(path)
+    return runs, demos, foreign

@@ -11,7 +11,9 @@ rank 0 writes the files.
 A task (tasks/classify.py, tasks/lm.py) is a small object with what differs:
 
     name, unit ("images"/"tokens"), score ("val_acc"/"val_ppl"), higher_is_better, nan_hint
-    prepare(cfg, device, resume) -> data       read the data (a resumed run passes its checkpoint)
+    prepare(cfg, device, resume) -> data       read the data (a resumed run passes its checkpoint); it may
+                                               carry `settings` (config values it decided) and `sampled`
+                                               (a --max-steps run scores a sample of val and test)
     total_steps(cfg, data), steps_in_epoch(cfg, data, epoch), samples_per_step(cfg)
     batches(cfg, data, epoch, start)           one epoch's batches from step `start` on
     workload(cfg, data, steps)                 the training step for runtime.choose to time
@@ -37,10 +39,11 @@ from pathlib import Path
 import torch
 
 from torchlab import checkpoint as ckpt_io
-from torchlab import distributed, logger, runinfo, runtime
+from torchlab import distributed, i18n, logger, runinfo, runtime
 from torchlab.config import save_toml
 from torchlab.engine import NonFiniteLoss, StopFlag, graceful_interrupt, train_steps, weight_average
 from torchlab.errors import Interrupted, UserError
+from torchlab.i18n import _
 from torchlab.logger import Nothing, new_run_dir, open_writer, refuse_taken
 from torchlab.optim import build_optimizer
 from torchlab.runtime import Runtime
@@ -59,6 +62,10 @@ class State:
     train_seconds: float = 0.0
     seen: int = 0  # samples trained on: images or tokens
     history: list = field(default_factory=list)  # one dict of metrics per epoch
+    # [global step, loss] at every log step: the report draws short runs per step from it.
+    loss_log: list = field(default_factory=list)
+    # The best score came from a --max-steps run's sample of val: the first whole validation replaces it.
+    best_sampled: bool = False
 
     @classmethod
     def restore(cls, saved: dict) -> "State":
@@ -160,6 +167,7 @@ def start(task, cfg, ctx: Context, resume: dict | None = None, run_dir: Path | N
     if resume is None and cfg.run_dir:
         refuse_taken(Path(cfg.run_dir), resumable=True)  # before minutes of data preparation, not after
     data = task.prepare(cfg, device, resume)
+    cfg = dataclasses.replace(cfg, **getattr(data, "settings", {}))  # saved, so resume and --config agree
     steps = task.total_steps(cfg, data)
     rt, notes = runtime.choose(device, runtime.Requested.of(cfg),
                                task.workload(cfg, data, min(steps, cfg.max_steps or steps)))
@@ -223,6 +231,7 @@ def run_epoch(s: Session, stop: StopFlag) -> dict:
 
     def on_log(step, loss, lr, samples):
         s.writer.add_scalar("train/loss", loss, step)
+        state.loss_log.append([step, float(f"{loss:.6g}")])  # 6 digits draw a curve and keep summary.json short
         s.writer.add_scalar("lr", lr, step)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
@@ -262,18 +271,33 @@ def end_epoch(s: Session, metrics: dict, complete: bool = True) -> bool:
         state.epoch += 1
         state.step_in_epoch = 0
         s.carry = None  # each epoch starts afresh (a language model: from a zero state at a new offset)
+    else:
+        record["partial"] = True  # --max-steps stopped inside this epoch
     state.history.append(record)
     score = record.get(task.score)
-    improved = score is not None and (state.best is None or
-                                      (score > state.best if task.higher_is_better else score < state.best))
+    improved = is_better(s, score)
     state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if improved:
         state.best, state.best_epoch = score, record["epoch"]
+        state.best_sampled = sampled(s)
         s.save("best.pt")
     s.save("last.pt")
     write_summary(s, "running", {})  # `torchlab runs` sees the epochs so far
     s.ctx.say(task.epoch_line(record, cfg.epochs, improved))
     return bool(cfg.patience and score is not None and state.bad_epochs >= cfg.patience)
+
+
+def sampled(s: Session) -> bool:
+    return bool(getattr(s.data, "sampled", False))
+
+
+def is_better(s: Session, score) -> bool:
+    """Whether a validation score beats the best so far; one of the whole split always beats one of a
+    --max-steps sample (a resumed dry run): the two are not comparable."""
+    best = s.state.best
+    if best is None or (s.state.best_sampled and not sampled(s)):
+        return score is not None
+    return score is not None and (score > best if s.task.higher_is_better else score < best)
 
 
 def fit(s: Session, stop: StopFlag) -> str:
@@ -286,14 +310,16 @@ def fit(s: Session, stop: StopFlag) -> str:
             raise non_finite_error(s, e) from None
         if stop.requested:
             path = s.save("last.pt")  # mid-epoch: resume replays the rest of this epoch exactly
-            raise Interrupted(f"interrupted at step {state.global_step}; resumable checkpoint {path}; "
-                              f"continue with: torchlab train --resume {s.run_dir}")
+            raise Interrupted(_("interrupted at step {step}; resumable checkpoint {path}; continue with: "
+                                "torchlab train --resume {run_dir}").format(step=state.global_step, path=path,
+                                                                            run_dir=s.run_dir))
         if metrics["stopped"]:  # --max-steps reached, part-way through this epoch
             if metrics["steps"]:
                 end_epoch(s, metrics, complete=False)
             return "max-steps"
         if end_epoch(s, metrics):
-            s.ctx.say(f"early stop: no val improvement for {cfg.patience} epochs (best epoch {state.best_epoch})")
+            s.ctx.say(_("early stop: no val improvement for {patience} epochs (best epoch {best})").format(
+                patience=cfg.patience, best=state.best_epoch))
             return "early-stopped"
     return "finished"
 
@@ -301,19 +327,35 @@ def fit(s: Session, stop: StopFlag) -> str:
 def non_finite_error(s: Session, e: NonFiniteLoss) -> UserError:
     """The one-line error for a NaN loss, saying which checkpoint survives (train() records the failure)."""
     last = s.run_dir / "last.pt"
-    kept = f"last good checkpoint {last} (epoch {s.state.epoch}) kept" if last.exists() else "no checkpoint was written yet"
-    return UserError(f"loss became {e.value} at step {e.step} (epoch {s.state.epoch + 1}); training stopped, {kept}",
-                     s.task.nan_hint)
+
+    def error() -> UserError:
+        kept = (_("last good checkpoint {path} (epoch {epoch}) kept").format(path=last, epoch=s.state.epoch)
+                if last.exists() else _("no checkpoint was written yet"))
+        return UserError(_("loss became {value} at step {step} (epoch {epoch}); training stopped, {kept}").format(
+            value=e.value, step=e.step, epoch=s.state.epoch + 1, kept=kept), _(s.task.nan_hint))
+
+    shown = error()
+    with i18n.speaking("en"):
+        shown.english = str(error())  # for summary.json, which stays English
+    return shown
+
+
+def epochs_done(s: Session) -> float:
+    """Completed epochs plus the share of a partial one (--max-steps stops inside an epoch): 1.35."""
+    state = s.state
+    if not state.step_in_epoch:
+        return state.epoch
+    return round(state.epoch + state.step_in_epoch / max(s.task.steps_in_epoch(s.cfg, s.data, state.epoch), 1), 4)
 
 
 def write_summary(s: Session, status: str, extra: dict) -> dict:
     task, state = s.task, s.state
     summary = {"status": status, "run_dir": str(s.run_dir), "task": s.cfg.task, **task.summary_extra(s),
-               "device": str(s.rt.device), "epochs": state.epoch, "epochs_planned": s.cfg.epochs,
-               "steps": state.global_step, f"best_{task.score}": state.best, "best_epoch": state.best_epoch or None,
-               "train_seconds": round(state.train_seconds, 2),
+               "device": str(s.rt.device), "epochs": state.epoch, "epochs_done": epochs_done(s),
+               "epochs_planned": s.cfg.epochs, "steps": state.global_step, f"best_{task.score}": state.best,
+               "best_epoch": state.best_epoch or None, "train_seconds": round(state.train_seconds, 2),
                f"{task.unit}_per_second": round(state.seen / max(state.train_seconds, 1e-9), 1),
-               **extra, "history": state.history, "processes": s.ctx.world.size}
+               **extra, "history": state.history, "loss_log": state.loss_log, "processes": s.ctx.world.size}
     if s.ctx.world.main:
         summary = runinfo.write(s.run_dir, summary)
     return summary
@@ -348,7 +390,7 @@ def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, st
     s = start(task, cfg, ctx, resume, run_dir)
     write_summary(s, "running", {})
     if s.state.epoch >= s.cfg.epochs:
-        ctx.say(f"run already completed {s.state.epoch} epochs; scoring it again")
+        ctx.say(_("run already completed {epochs} epochs; scoring it again").format(epochs=s.state.epoch))
     previous = signal.signal(signal.SIGTERM, on_sigterm) if can_handle_signals() else None
     stop = stop or StopFlag()
     try:
@@ -360,7 +402,8 @@ def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, st
         write_summary(s, "interrupted", {"error": str(e)} if isinstance(e, Terminated) else {})
         raise
     except Exception as e:  # a NaN loss (a UserError), a crash: the run failed, and says why
-        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {distributed.first_line(e)}"
+        why = (getattr(e, "english", str(e)) if isinstance(e, UserError)  # summary.json stays English
+               else f"{type(e).__name__}: {distributed.first_line(e)}")
         write_summary(s, "failed", {"error": why})
         raise
     finally:

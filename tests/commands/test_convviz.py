@@ -82,7 +82,8 @@ def test_dataset_run_writes_pngs_and_tensorboard(tmp_path, capsys):
     assert main(["conv-viz", "--dataset", "fashion-mnist", "--data-dir", str(data), "--out", "cv"]) == 0
     out = capsys.readouterr().out
     assert "(28 + 2*0 - 3) // 1 + 1 = 26" in out and "tensor [8, 6, 26, 26]" in out and "tensor [8, 6, 13, 13]" in out
-    assert "tensorboard --logdir cv" in out
+    assert "torchlab tensorboard cv" in out and "tensorboard --logdir" not in out  # the venv may be inactive
+    assert json.loads((tmp_path / "cv" / "demo.json").read_text())["demo"] == "conv-viz"
     assert png_size(tmp_path / "cv/input.png") == grid_px(8, 8, 28, 28)
     assert png_size(tmp_path / "cv/output.png") == grid_px(8 * 6, 6, 26, 26)  # a row per image, a tile per channel
     assert png_size(tmp_path / "cv/pooled.png") == grid_px(8 * 6, 6, 13, 13)

@@ -94,7 +94,8 @@ def test_logdir_images_read_back(files, tmp_path, capsys):
     (tmp_path / "tb").mkdir()
     (tmp_path / "tb" / "older-run.txt").write_text("kept")
     assert main(["image", *files.values(), "--logdir", "tb"]) == 0
-    assert "tensorboard --logdir tb" in capsys.readouterr().err
+    assert "view them with: torchlab tensorboard tb" in capsys.readouterr().err
+    assert json.loads((tmp_path / "tb" / "demo.json").read_text())["demo"] == "image"
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     events.Reload()
     decoded = {tag: Image.open(io.BytesIO(events.Images(tag)[-1].encoded_image_string))
@@ -154,3 +155,32 @@ def test_bad_logdir_is_one_line(files, tmp_path, capsys):
     (tmp_path / "taken").write_text("a file, not a folder")
     line = failed(capsys, main(["image", files["rgb.png"], "--logdir", "taken"]))
     assert "--logdir taken: cannot create" in line
+
+
+def test_cv2_reader_shows_bgr_and_what_swapping_does(tmp_path, capsys):
+    cv2 = pytest.importorskip("cv2")
+    rgb = np.zeros((6, 8, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # a red picture: R 200, G 30, B 10
+    rgb[..., 1], rgb[..., 2] = 30, 10
+    path = tmp_path / "red.png"
+    Image.fromarray(rgb).save(path)
+    assert main(["image", str(path), "--reader", "cv2", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)[0]["cv2"]
+    assert c["array"] == {"shape": [6, 8, 3], "dtype": "uint8", "order": "BGR"}
+    assert c["centre_pixel_bgr"] == [10, 30, 200] == cv2.imread(str(path))[3, 4].tolist()
+    assert c["centre_pixel_pil_rgb"] == [200, 30, 10]
+    assert c["channel_means_as_read"] == pytest.approx([10 / 255, 30 / 255, 200 / 255], abs=1e-4)
+    assert c["max_difference_bgr_vs_rgb"] == pytest.approx(190 / 255, abs=1e-6)
+    assert c["max_difference_after_bgr2rgb"] == 0.0
+    assert main(["image", str(path), "--reader", "cv2"]) == 0
+    out = capsys.readouterr().out
+    assert "channels in BGR order" in out and "cv2.COLOR_BGR2RGB" in out and "channel 0 is blue" in out
+
+
+def test_cv2_reader_names_a_file_opencv_cannot_read(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("cv2")
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (4, 4)).save(path)
+    monkeypatch.setattr("cv2.imread", lambda *a: None)  # what imread does with a file it cannot decode
+    assert main(["image", str(path), "--reader", "cv2"]) == 2
+    assert f"{path}: OpenCV cannot read this file" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 
 from torchlab.cli import main
 from torchlab.engine import NonFiniteLoss
-from torchlab.commands.linreg import fit_manual, fit_module, least_squares, make_problem
+from torchlab.commands.linreg import agreement, fit_manual, fit_module, least_squares, make_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FITS = {"manual": fit_manual, "module": fit_module}
@@ -72,16 +72,41 @@ def test_reached_step_is_the_first_step_within_tolerance(capsys):
     assert "not reached" in capsys.readouterr().out
 
 
-def test_tensorboard_has_the_three_tags(tmp_path, capsys):
+def test_tensorboard_has_the_three_tags_apart_from_training_runs(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     r = linreg_json(capsys, "--steps", "200", "--log-every", "50", "--run-dir", "tb")
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
-    assert {"train/loss", "params/slope", "params/intercept"} <= set(events.Tags()["scalars"])
-    slopes = events.Scalars("params/slope")
+    # Not train/loss: a loss of 0.003 must not share a chart with the classifiers' losses of 0.3.
+    assert set(events.Tags()["scalars"]) == {"linreg/loss", "linreg/slope", "linreg/intercept"}
+    slopes = events.Scalars("linreg/slope")
     assert [e.step for e in slopes] == [50, 100, 150, 200]
     assert slopes[-1].value == pytest.approx(r["fitted"]["slope"])
+    assert json.loads((tmp_path / "tb" / "demo.json").read_text())["demo"] == "linreg"  # not a run: see `runs`
+
+
+def test_module_method_states_that_it_took_the_manual_steps(capsys):
+    r = linreg_json(capsys, "--method", "module", "--steps", "300")
+    a = r["agreement"]
+    assert a["compared_with"] == "manual" and a["steps"] == 300
+    assert 0 <= a["max_slope_diff"] <= 1e-5 and 0 <= a["max_intercept_diff"] <= 1e-5
+    assert "agreement" not in linreg_json(capsys, "--method", "manual", "--steps", "30")
+    assert main(["linreg", "--quiet", "--method", "module", "--steps", "300", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "step for step the same as --method manual: after each of the 300 steps the parameters differ by at " \
+           "most" in out and "TensorBoard: torchlab tensorboard runs/linreg-module-" in out
+
+
+def test_agreement_compares_every_step():
+    p = make_problem(200, 3.0, 0.8, 0.05, 0)
+    trace = []
+    fit_module(p["x"], p["y"], 40, 0.1, init=p["init"], trace=trace)
+    assert len(trace) == 40
+    same = agreement(p["x"], p["y"], 40, 0.1, p["init"], trace)
+    assert max(same["max_slope_diff"], same["max_intercept_diff"]) <= 1e-6
+    trace[17] = trace[17] + 0.5  # one step off: the comparison must see it
+    assert agreement(p["x"], p["y"], 40, 0.1, p["init"], trace)["max_slope_diff"] == pytest.approx(0.5, abs=1e-5)
 
 
 def one_line_error(capsys, code, *fragments):

@@ -216,3 +216,27 @@ def test_open_uses_the_default_browser_when_there_is_one(image_run_copy, monkeyp
     capsys.readouterr()
     assert main(["report", str(run), "--open"]) == 0
     assert "no browser found here; open" in capsys.readouterr().err
+
+
+def test_a_short_max_steps_run_is_drawn_per_step_and_says_how_to_finish(tmp_path, capsys, monkeypatch):
+    from torchlab import html as html_module
+
+    drawn = []  # the x values of each line of the loss chart
+
+    def figure_uri(fig, real=html_module.figure_uri):
+        drawn.append([list(line.get_xdata()) for line in fig.axes[0].get_lines()])
+        return real(fig)
+
+    monkeypatch.setattr(html_module, "figure_uri", figure_uri)
+    data = write_dataset(tmp_path / "data")
+    assert main(["train", "fashion-mnist", "--data-dir", str(data), *TINY, "--max-steps", "7", "--run-dir", "dry",
+                 "--quiet"]) == 0
+    assert main(["report", "dry", "--data-dir", str(data)]) == 0
+    text = (tmp_path / "dry" / "report.html").read_text(encoding="utf-8")
+    assert drawn[0] == [[2, 4, 6], [7]]  # the logged training loss per step, and the one validation
+    assert "<b>max-steps</b>" in text and "interrupted" not in text
+    assert "Finish it (--max-steps 0 lifts the limit) with <code>torchlab train --resume dry --max-steps 0</code>" \
+        in text
+    page = Page(text)
+    assert page.value("epochs") == 0.7 and page.value("best epoch") == 1  # 7 of 10 steps of epoch 1
+    assert "0.7 (epoch 1 partial)" in text

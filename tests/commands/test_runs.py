@@ -1,4 +1,5 @@
-"""`torchlab runs`: finished, interrupted, failed, killed and foreign folders, as a table and as JSON."""
+"""`torchlab runs`: finished, max-steps, interrupted, failed, killed, demo and foreign folders, as a table and
+as JSON."""
 
 from __future__ import annotations
 
@@ -60,10 +61,13 @@ def test_table_shows_each_status_and_how_to_resume(runs, capsys):
     lines = out.splitlines()
     assert lines[0].split() == ["run", "task", "model", "epochs", "best", "val", "test", "duration", "started", "status"]
     status = {line.split()[0]: line.split()[-1] for line in lines[2:6]}
-    assert status == {"done": "finished", "cut": "interrupted", "nan": "failed", "group/killed": "interrupted"}
+    assert status == {"done": "finished", "cut": "max-steps", "nan": "failed", "group/killed": "interrupted"}
     done = next(line for line in lines if line.startswith("done "))
     assert " 2/2 " in done and "100.00%" in done
-    assert f"cut stopped (max-steps); continue it with: torchlab train --resume {runs / 'cut'}" in out
+    cut = next(line for line in lines if line.startswith("cut "))
+    assert " 1.5/3 " in cut  # 10 steps per epoch: step 15 is half-way through epoch 2
+    assert (f"cut stopped at --max-steps after 1.5 epochs; finish it with: torchlab train --resume {runs / 'cut'} "
+            "--max-steps 0") in out
     assert f"group/killed was killed; continue it with: torchlab train --resume {runs / 'group' / 'killed'}" in out
     assert "nan" not in "".join(line for line in lines if "continue it" in line)  # no checkpoint to resume from
     assert "skipped 1 folder(s) that hold no run: notes" in err
@@ -76,7 +80,9 @@ def test_json_has_the_raw_values(runs, capsys):
     summary = json.loads((runs / "done" / "summary.json").read_text())
     assert rows["done"]["test"] == summary["test_acc"] and rows["done"]["best_val"] == summary["best_val_acc"]
     assert summary["command"].startswith("torchlab train fashion-mnist") and summary["started"]
-    assert rows["cut"]["epochs"] == 1 and rows["cut"]["epochs_planned"] == 3 and rows["cut"]["resume"]
+    assert rows["cut"]["epochs"] == 1 and rows["cut"]["epochs_done"] == 1.5 and rows["cut"]["epochs_planned"] == 3
+    assert rows["cut"]["status"] == "max-steps" and rows["cut"]["resume"].endswith("--max-steps 0")
+    assert rows["done"]["epochs_done"] == 2
     assert rows["nan"]["status"] == "failed" and rows["nan"]["test"] is None and rows["nan"]["resume"] is None
 
 
@@ -115,3 +121,39 @@ def test_no_runs_is_a_one_line_error(tmp_path, capsys, make):
     code, out, err = listed(folder, capsys)
     assert code == 2 and out == ""
     assert err.strip().splitlines()[-1].startswith(f"torchlab: error: {folder}:")
+
+
+def test_a_max_steps_run_finishes_with_the_command_runs_gives(runs, capsys):
+    rows = {r["run"]: r for r in json.loads(listed(runs, capsys, "--json")[1])}
+    argv = rows["cut"]["resume"].split()[1:]  # torchlab train --resume DIR --max-steps 0
+    assert main([*argv, "--quiet"]) == 0
+    capsys.readouterr()
+    rows = {r["run"]: r for r in json.loads(listed(runs, capsys, "--json")[1])}
+    assert (rows["cut"]["status"], rows["cut"]["epochs_done"], rows["cut"]["resume"]) == ("finished", 3, None)
+
+
+def test_demo_folders_are_named_once_and_not_as_foreign(runs, tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["linreg", "--quiet", "--steps", "20", "--device", "cpu", "--run-dir", str(runs / "line")]) == 0
+    Image.new("L", (8, 8), 128).save(tmp_path / "gray.png")
+    assert main(["image", str(tmp_path / "gray.png"), "--logdir", str(runs / "pictures"), "--quiet"]) == 0
+    (runs / "tb").mkdir()
+    assert main(["image", str(tmp_path / "gray.png"), "--logdir", str(runs / "done"), "--quiet"]) == 0  # a run
+    capsys.readouterr()
+    code, out, err = listed(runs, capsys)
+    assert code == 0 and "line" not in out and "pictures" not in out
+    notes = err.strip().splitlines()
+    assert notes[0] == "not listed: 2 demo log folder(s) of image, linreg (no training run): line, pictures"
+    assert notes[1] == "skipped 2 folder(s) that hold no run: notes, tb"
+    assert {r["run"] for r in json.loads(listed(runs, capsys, "--json")[1])} == {"done", "cut", "nan", "group/killed"}
+    assert not (runs / "done" / runinfo.DEMO_FILE).exists()  # a run's folder stays a run
+
+
+@pytest.mark.parametrize("summary, text", [
+    ({"epochs": 2, "epochs_done": 2}, "2"), ({"epochs": 1, "epochs_done": 1.5}, "1.5"),
+    ({"epochs": 0, "epochs_done": 0.0031}, "0.0031"),  # 5 steps of a long epoch are not "0 epochs"
+    ({"epochs": 2, "epochs_done": 2.3333}, "2.33"), ({"epochs": 3}, "3"), ({}, "-"),
+])
+def test_epochs_count_a_partial_epoch(summary, text):
+    assert runinfo.epochs_text(summary) == text

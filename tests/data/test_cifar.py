@@ -73,9 +73,8 @@ def test_missing_files_list_the_places_tried(tmp_path, capsys):
     with pytest.raises(UserError) as info:
         catalog.load("cifar10", str(tmp_path / "c"), offline=True)
     message = info.value.message
-    assert "dataset cifar10 not found" in message and f"--data-dir {tmp_path / 'c'}" in message
-    assert "user cache" in message and "offline" in message
-    assert "data_batch_3" in info.value.hint
+    assert message.startswith(f"dataset cifar10 not found in --data-dir {tmp_path / 'c'}; looked for ")
+    assert "data_batch_3" in message  # an explicit --data-dir is the only place looked
     one_line_error(capsys, main(["data", "cifar10", "--data-dir", str(tmp_path / "c"), "--offline"]),
                    "dataset cifar10 not found")
 

@@ -75,13 +75,35 @@ def test_plain_file_preferred_over_gz_in_same_folder(tmp_path):
 @pytest.mark.parametrize("missing", list(vision.IDX_FILES))
 def test_folder_missing_one_file_is_skipped(tmp_path, monkeypatch, missing):
     monkeypatch.setattr(locate_module, "download", no_download)
-    incomplete = write_dataset(tmp_path / "data-dir", n_train=20, n_test=10)
+    incomplete = write_dataset(tmp_path / "env" / "fashion-mnist", n_train=20, n_test=10)
     (incomplete / f"{missing}.gz").unlink()
     complete = write_dataset(tmp_path / "env" / "FashionMNIST" / "raw", n_train=20, n_test=10)
     monkeypatch.setenv("TORCHLAB_DATA", str(tmp_path / "env"))
-    found, source = locate(spec_files(), str(incomplete), offline=True)
+    found, source = locate(spec_files(), None, offline=True)
     assert_found_in(found, complete)
     assert "$TORCHLAB_DATA" in source
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "incomplete"])
+def test_an_explicit_data_dir_without_the_dataset_is_an_error_not_a_fallback(tmp_path, monkeypatch, make):
+    monkeypatch.setattr(locate_module, "download", no_download)
+    write_dataset(tmp_path / "env", n_train=20, n_test=10)  # would be found: it must not be used
+    monkeypatch.setenv("TORCHLAB_DATA", str(tmp_path / "env"))
+    data_dir = tmp_path / "data-dir"
+    if make != "missing":
+        data_dir.mkdir()
+    if make == "incomplete":
+        write_dataset(data_dir, n_train=20, n_test=10)
+        (data_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError) as info:
+        locate(spec_files(), str(data_dir), offline=True)
+    message = info.value.message
+    assert message.startswith(f"dataset fashion-mnist not found in --data-dir {data_dir}"
+                              + (" (no such folder); " if make == "missing" else "; "))
+    assert "looked for train-images-idx3-ubyte, " in message and "(each plain or .gz) in it" in message
+    assert "FashionMNIST/raw/" in message and "fashion-mnist/FashionMNIST/raw/" in message
+    assert "\n" not in str(info.value) and str(tmp_path / "env") not in message
+    assert "$TORCHLAB_DATA" in info.value.hint
 
 
 def test_files_split_across_layouts_do_not_count(tmp_path):
@@ -124,7 +146,8 @@ def make_sources(tmp_path, monkeypatch, which: set[str]) -> dict[str, Path]:
 )
 def test_lookup_order(tmp_path, monkeypatch, present, winner, label):
     folders = make_sources(tmp_path, monkeypatch, present)
-    found, source = locate(spec_files(), str(folders["data_dir"]), offline=True)
+    given = str(folders["data_dir"]) if "data_dir" in present else None  # an empty --data-dir is an error
+    found, source = locate(spec_files(), given, offline=True)
     assert_found_in(found, folders[winner])
     assert source == f"{folders[winner]} ({label})"
 
@@ -171,14 +194,13 @@ def test_relative_data_dir_resolves_against_cwd(tmp_path, monkeypatch):
 @pytest.mark.parametrize("env_offline", [True, False], ids=["env-offline", "arg-offline"])
 def test_nothing_found_offline_lists_every_place(tmp_path, monkeypatch, env_offline):
     monkeypatch.setattr(locate_module, "download", no_download)
-    data_dir, env = tmp_path / "cli-empty", tmp_path / "env-empty"
+    env = tmp_path / "env-empty"
     monkeypatch.setenv("TORCHLAB_DATA", str(env))
     if not env_offline:
         monkeypatch.delenv("TORCHLAB_OFFLINE")
     with pytest.raises(UserError) as info:
-        locate(spec_files(), str(data_dir), offline=not env_offline)
+        locate(spec_files(), None, offline=not env_offline)
     message = info.value.message
-    assert f"--data-dir {data_dir}" in message
     assert f"$TORCHLAB_DATA {env}" in message
     assert str(tmp_path / "no-debian") in message
     assert str(tmp_path / "cache" / "torchlab") in message
@@ -186,7 +208,7 @@ def test_nothing_found_offline_lists_every_place(tmp_path, monkeypatch, env_offl
     assert "fashion-mnist" in message
     assert "--data-dir" in info.value.hint
     assert "apt-get install dataset-fashion-mnist" in info.value.hint
-    positions = [message.index(s) for s in (str(data_dir), str(env), str(tmp_path / "no-debian"), "user cache")]
+    positions = [message.index(s) for s in (str(env), str(tmp_path / "no-debian"), "user cache")]
     assert positions == sorted(positions)
 
 
@@ -262,11 +284,11 @@ def test_failed_download_is_listed(tmp_path, monkeypatch, error):
 
     monkeypatch.setattr(locate_module, "download", failing)
     with pytest.raises(UserError) as info:
-        locate(spec_files(), str(tmp_path / "nowhere"), offline=False)
+        locate(spec_files(), None, offline=False)
     message = info.value.message
     assert f"download into {tmp_path / 'cache' / 'torchlab'}" in message
     assert type(error).__name__ in message and str(error) in message
-    assert f"--data-dir {tmp_path / 'nowhere'}" in message
+    assert "no --data-dir, no $TORCHLAB_DATA" in message
     assert str(tmp_path / "no-debian") in message
     assert "offline" not in message
 

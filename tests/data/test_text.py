@@ -17,7 +17,8 @@ from tests.conftest import SHARED_DATA
 from torchlab.data import corpora
 from torchlab.data.corpora import load_corpus, to_simplified
 from torchlab.data.text import (
-    UNK, Vocab, batchify, batchify_eval, guess_language, join_words, read_text, split_documents, tokenize, windows,
+    UNK, Vocab, batchify, batchify_eval, guess_language, join_words, leading_windows, read_text, split_documents,
+    tokenize, windows,
 )
 from torchlab.errors import UserError
 
@@ -121,10 +122,21 @@ def test_timemachine_missing_offline_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora.urllib.request, "urlopen", no_network)
     monkeypatch.setenv("TORCHLAB_DATA", str(tmp_path / "env"))
     with pytest.raises(UserError) as e:
-        load_corpus("timemachine", str(tmp_path / "dir"))
-    for place in ("--data-dir", "$TORCHLAB_DATA", "user cache", "offline"):
+        load_corpus("timemachine", None)
+    for place in ("$TORCHLAB_DATA", "user cache", "offline"):
         assert place in e.value.message
     assert "--data-dir" in e.value.hint
+
+
+def test_an_explicit_data_dir_without_the_corpus_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpora.urllib.request, "urlopen", no_network)
+    write_timemachine(tmp_path / "env")  # would be found: it must not be used
+    monkeypatch.setenv("TORCHLAB_DATA", str(tmp_path / "env"))
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(UserError) as e:
+        load_corpus("timemachine", str(tmp_path / "dir"))
+    assert e.value.message == (f"corpus timemachine not found in --data-dir {tmp_path / 'dir'}; looked for "
+                               "timemachine.txt in it and in timemachine/")
 
 
 class FakeResponse(io.BytesIO):
@@ -242,6 +254,10 @@ def test_tang_missing_says_where_to_get_it(tmp_path):
     with pytest.raises(UserError) as e:
         load_corpus("tang", str(tmp_path))
     assert "--data-dir" in e.value.message and "chinese-poetry" in e.value.hint
+    assert "poet.tang.*.json" in e.value.message and "chinese-poetry-tang/" in e.value.message
+    with pytest.raises(UserError) as e:
+        load_corpus("tang", None)
+    assert "no --data-dir, no $TORCHLAB_DATA" in e.value.message and "chinese-poetry" in e.value.hint
 
 
 def test_tang_bad_json_is_a_user_error(tmp_path):
@@ -411,3 +427,15 @@ def test_eval_batches_score_every_target_exactly_once(n, batch_size, bptt):
     assert Counter(targets) == Counter(range(1, n))  # len(ids) - 1 targets, each once
     with pytest.raises(UserError):
         batchify_eval(torch.arange(1), batch_size)
+
+
+def test_leading_windows_keep_whole_streams_from_their_start():
+    ids = torch.arange(101)
+    blocks = batchify_eval(ids, 4)  # 100 targets: main [4, 26] (25 each), no tail
+    sample = leading_windows(blocks, 5, 2)
+    assert len(sample) == 1 and sample[0].shape == (4, 11)
+    assert torch.equal(sample[0], blocks[0][:, :11])  # each stream's first 2 windows of 5 targets
+    assert sum(y.numel() for _, y in windows(sample[0], 5)) == 4 * 10
+    assert leading_windows(blocks, 5, 5) is blocks  # 5 windows cover the streams: nothing to cut
+    tail = batchify_eval(torch.arange(104), 4)  # 103 targets: a main block and a tail of 3
+    assert len(tail) == 2 and len(leading_windows(tail, 5, 2)) == 1  # a sample drops the tail

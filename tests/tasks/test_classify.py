@@ -70,6 +70,49 @@ def test_max_steps_dry_run(tiny_data, capsys):
                      "--json"], capsys)
     summary = json.loads(out.out)
     assert code == 0 and summary["steps"] == 3 and summary["status"] == "max-steps"
+    assert summary["epochs"] == 0 and summary["epochs_done"] == 0.3 and summary["best_epoch"] == 1
+    assert summary["history"][0]["partial"] and "eval_sample" not in summary  # 100 val, 250 test: all scored
+
+
+def test_max_steps_run_scores_a_sample_and_says_so(tiny_data, tmp_path, capsys, monkeypatch):
+    from torchlab.tasks import classify
+
+    monkeypatch.setattr(classify, "EVAL_SAMPLE_IMAGES", 40)
+    code, out = run(["train", "fashion-mnist", "--data-dir", str(tiny_data), *TINY, "--max-steps", "3",
+                     "--run-dir", "r"], capsys)
+    assert code == 0
+    assert "--max-steps run: validation and test score a sample of 40 of 100 val and 40 of 250 test images " \
+           "(seeded), not the whole splits" in out.err
+    assert "epoch 1/3 (partial)" in out.err
+    lines = out.out.splitlines()
+    assert lines[0].startswith("run r max-steps: 0.3 epochs, 3 steps")
+    assert "test accuracy" in lines[2] and "on 40 images (best epoch 1; a sample of 40 of 250 test images, " \
+                                              "--max-steps run)" in lines[2]
+    assert "TensorBoard: torchlab tensorboard r" in lines[3] and "tensorboard --logdir" not in out.out
+    assert lines[4] == "stopped by --max-steps; finish it with: torchlab train --resume r --max-steps 0"
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["eval_sample"] == {"unit": "images", "val": 40, "test": 40} and summary["test_count"] == 40
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["state"]["best_sampled"]
+    # Finished without the limit, the run scores the whole splits; a sample's best never beats a whole one.
+    assert main(["train", "--resume", "r", "--max-steps", "0", "--epochs", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "finished" and summary["test_count"] == 250 and "eval_sample" not in summary
+    assert summary["best_epoch"] == 1 and summary["best_val_acc"] == summary["history"][-1]["val_acc"]
+    assert summary["test_scored"] == "best epoch 1"
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_an_explicit_data_dir_without_the_data_stops_before_any_run(tiny_data, tmp_path, capsys, monkeypatch, make):
+    from tests.test_cli import one_line_error
+
+    monkeypatch.setenv("TORCHLAB_DATA", str(tiny_data))  # would be found: it must not be used
+    folder = tmp_path / "no-such-dir"
+    if make == "empty":
+        folder.mkdir()
+    code = main(["train", "fashion-mnist", "--data-dir", str(folder), *TINY, "--run-dir", "r"])
+    one_line_error(capsys, code, f"dataset fashion-mnist not found in --data-dir {folder}",
+                   "looked for train-images-idx3-ubyte")
+    assert not (tmp_path / "r").exists()  # no config.toml recording a folder that was never read
 
 
 def interrupt_after(monkeypatch, batches: int):

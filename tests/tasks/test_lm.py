@@ -371,6 +371,23 @@ def test_max_steps_run_resumes_to_the_same_weights(en_corpus, tmp_path):
     assert drop_interrupted_train_loss(dry[1:], 7) == drop_interrupted_train_loss(straight, 7)
 
 
+def test_max_steps_run_scores_leading_windows_and_says_so(en_corpus, capsys, monkeypatch):
+    monkeypatch.setattr(lm, "EVAL_SAMPLE_WINDOWS", 1)  # the tiny splits hold 2-3 windows per stream
+    assert main(train_args(en_corpus, "--epochs", "1", "--run-dir", "whole", "--json")) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert "eval_sample" not in whole and whole["test_tokens"] == whole["tokens"]["test"] - 1  # every target
+    assert main(train_args(en_corpus, "--max-steps", "2", "--run-dir", "dry", "--json")) == 0
+    out = capsys.readouterr()
+    summary, counts = json.loads(out.out), whole["tokens"]
+    assert summary["eval_sample"] == {"unit": "tokens", "val": 3 * 8, "test": 3 * 8}  # 3 streams x 1 window of 8
+    assert summary["test_tokens"] == 24 and summary["history"][0]["partial"]
+    assert re.search(r"^epoch 1/25 \(partial\)  train loss \d\.\d{4}  val loss", out.err, re.M)
+    assert summary["test_scored"] == f"best epoch 1; a sample of 24 of {counts['test']} test tokens, --max-steps run"
+    assert (f"--max-steps run: validation and test score a sample of 24 of {counts['val']} val and 24 of "
+            f"{counts['test']} test tokens (the first 1 windows of each evaluation stream), not the whole "
+            "splits") in out.err
+
+
 def test_resume_refuses_changes_to_the_model_data_and_a_cosine_schedule(en_corpus, tmp_path, capsys):
     assert main(train_args(en_corpus, "--epochs", "1", "--max-steps", "2", "--run-dir", "r")) == 0
     capsys.readouterr()

@@ -145,6 +145,24 @@ def test_one_folder_without_validation_is_refused(tmp_path, capsys):
     one_line_error(capsys, main(["train", "image-folder", *FOLDER]), "image-folder needs --data-dir")
 
 
+def test_a_default_batch_larger_than_a_small_folder_becomes_the_folder(tmp_path, capsys):
+    from tests.test_cli import one_line_error
+
+    root = write_colour_folder(tmp_path / "few", per_class=9, val=2)  # 21 training images; the default batch is 32
+    flags = ["--image-size", "16", "--device", "cpu", "--epochs", "1", "--model", "vgg-tiny"]
+    assert main(["train", "image-folder", "--data-dir", str(root), *flags, "--run-dir", "r", "--json"]) == 0
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert summary["status"] == "finished" and summary["steps"] == 1
+    assert "batch size 21 (the whole training set): the default 32 is more than its 21 images" in out.err
+    assert "batch_size = 21\n" in (tmp_path / "r" / "config.toml").read_text()  # resume and --config agree
+    code = main(["train", "image-folder", "--data-dir", str(root), *flags, "--batch-size", "32", "--run-dir", "r3"])
+    one_line_error(capsys, code, "--batch-size 32: larger than the 21 training images")  # asked for: an error
+    (tmp_path / "batch.toml").write_text("batch_size = 32\n")
+    code = main(["train", "image-folder", "--data-dir", str(root), *flags, "--config", "batch.toml", "--run-dir", "r4"])
+    one_line_error(capsys, code, "--batch-size 32: larger than the 21 training images")  # a file's value too
+
+
 def test_image_folder_max_steps_then_resume_equals_straight_run(colours, tmp_path):
     args = ["train", "image-folder", "--data-dir", str(colours), *FOLDER, "--epochs", "2", "--model", "vgg-tiny"]
     assert main([*args, "--run-dir", "straight"]) == 0

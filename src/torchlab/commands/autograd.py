@@ -15,11 +15,13 @@ import sys
 
 import torch
 
+from torchlab.i18n import _
+
 INDENT = "    "
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="print the key numbers as JSON instead of the explanation")
+    p.add_argument("--json", action="store_true", help=_("print the key numbers as JSON instead of the explanation"))
 
 
 def build() -> dict:
@@ -47,21 +49,31 @@ def show(t: torch.Tensor) -> str:
 
 def describe(label: str, t: torch.Tensor) -> list[str]:
     return [f"{INDENT}{label}",
-            f"{INDENT * 2}value {show(t)}   requires_grad {t.requires_grad}   is_leaf {t.is_leaf}   "
+            INDENT * 2 + _("value") + f" {show(t)}   requires_grad {t.requires_grad}   is_leaf {t.is_leaf}   "
             f"grad_fn {name_of(t.grad_fn)}"]
+
+
+def indented(text: str, indent: str = INDENT) -> list[str]:
+    """A message of several lines (translated as one), each line indented."""
+    return [indent + line for line in text.split("\n")]
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded to `width` columns on a terminal, where a Chinese character takes two."""
+    return text + " " * max(1, width - sum(2 if ord(c) > 0x2E7F else 1 for c in text))
 
 
 def graph_lines(fn, labels: dict, prefix: str = "", seen: set | None = None) -> list[str]:
     """The grad_fn tree as backward() walks it: each node's next_functions are its children."""
     seen = set() if seen is None else seen
     lines = []
-    for i, (child, _) in enumerate(fn.next_functions):
+    for i, (child, _input) in enumerate(fn.next_functions):
         last = i == len(fn.next_functions) - 1
         branch, deeper = ("└─ ", "   ") if last else ("├─ ", "│  ")
         if child is None:
-            note = "a constant: no gradient is needed for it"
+            note = _("a constant: no gradient is needed for it")
         elif id(child) in seen:
-            note = "the same node again: both gradient contributions are added"
+            note = _("the same node again: both gradient contributions are added")
         else:
             note = labels.get(id(child), "")
         lines.append(f"{INDENT}{prefix + branch + name_of(child):<30} {note}")
@@ -76,15 +88,15 @@ def forward_section() -> tuple[list[str], dict]:
     yy = g["z"].grad_fn.next_functions[0][0]  # the node of y * y, inside z = (y * y) * 3
     leaf = g["y"].grad_fn.next_functions[0][0]  # AccumulateGrad: writes into x.grad
     labels = {id(g["y"].grad_fn): "y = x + 2", id(g["z"].grad_fn): "z = (y * y) * 3",
-              id(yy): "y * y: y is used twice", id(leaf): "stores the gradient in x.grad (x is a leaf)"}
-    lines = ["1. The forward pass records a graph", ""]
+              id(yy): _("y * y: y is used twice"), id(leaf): _("stores the gradient in x.grad (x is a leaf)")}
+    lines = [_("1. The forward pass records a graph"), ""]
     for label, key in (("x = torch.ones(2, 2, requires_grad=True)", "x"), ("y = x + 2", "y"),
                        ("z = y * y * 3", "z"), ("out = z.mean()", "out")):
         lines += describe(label, g[key])
-    lines += ["", f"{INDENT}x is a leaf: we made it ourselves, so no operation produced it and its grad_fn is None.",
-              f"{INDENT}Every tensor computed from it inherits requires_grad=True and keeps, in grad_fn, the",
-              f"{INDENT}operation that produced it. The nodes link to their inputs' nodes through next_functions;",
-              f"{INDENT}backward() follows those links from out back to x:", "",
+    lines += [""] + indented(_("x is a leaf: we made it ourselves, so no operation produced it and its grad_fn is None.\n"
+                               "Every tensor computed from it inherits requires_grad=True and keeps, in grad_fn, the\n"
+                               "operation that produced it. The nodes link to their inputs' nodes through "
+                               "next_functions;\nbackward() follows those links from out back to x:")) + ["",
               f"{INDENT}{name_of(g['out'].grad_fn):<30} out = z.mean()"]
     lines += graph_lines(g["out"].grad_fn, labels)
     facts = {k: (t.item() if t.dim() == 0 else t.tolist()) for k, t in g.items()}
@@ -100,15 +112,15 @@ def backward_section() -> tuple[list[str], dict]:
     (functional,) = torch.autograd.grad(check["out"], check["x"])
     agree = torch.allclose(x.grad, hand) and torch.allclose(functional, hand)
     n = x.numel()
-    lines = ["2. backward() fills x.grad", "", f"{INDENT}out.backward()",
+    lines = [_("2. backward() fills x.grad"), "", f"{INDENT}out.backward()",
              f"{INDENT}x.grad                            {show(x.grad)}",
              f"{INDENT}torch.autograd.grad(out, x)       {show(functional)}",
-             f"{INDENT}worked out by hand                {show(hand)}", "",
-             f"{INDENT}By hand: out = (1/{n}) * sum of 3 (x_ij + 2)^2, so d out / d x_ij = (1/{n}) * 6 * (x_ij + 2);",
-             f"{INDENT}at x_ij = 1 that is 1.5 * 3 = {hand[0, 0].item():g}. "
-             + ("All three agree." if agree else "THEY DISAGREE."),
-             f"{INDENT}Only leaves keep a .grad; y and z's gradients are used on the way and then dropped",
-             f"{INDENT}(call y.retain_grad() before backward() to keep one)."]
+             f"{INDENT}{pad(_('worked out by hand'), 34)}{show(hand)}", ""]
+    lines += indented(_("By hand: out = (1/{n}) * sum of 3 (x_ij + 2)^2, so d out / d x_ij = (1/{n}) * 6 * (x_ij + 2);\n"
+                        "at x_ij = 1 that is 1.5 * 3 = {value}. ").format(n=n, value=f"{hand[0, 0].item():g}")
+                      + (_("All three agree.") if agree else _("THEY DISAGREE."))
+                      + "\n" + _("Only leaves keep a .grad; y and z's gradients are used on the way and then dropped\n"
+                                 "(call y.retain_grad() before backward() to keep one)."))
     return lines, {"x_grad": x.grad.tolist(), "autograd_grad": functional.tolist(), "hand_grad": hand.tolist(),
                    "agree": agree}
 
@@ -119,14 +131,15 @@ def accumulate_section() -> tuple[list[str], dict]:
     first = g["x"].grad.clone()
     again = build_from(g["x"])  # the same forward pass on the same leaf x
     again.backward()
-    lines = ["3. Gradients accumulate", "",
-             f"{INDENT}After one backward() x.grad is {show(first)}. Run the forward pass again on",
-             f"{INDENT}the same x and call backward() a second time, without clearing x.grad:",
-             f"{INDENT}x.grad                            {show(g['x'].grad)}", "",
-             f"{INDENT}backward() adds into .grad instead of overwriting it (handy when one batch is processed",
-             f"{INDENT}in pieces). So a training loop must clear the gradients before each step's backward():",
-             f"{INDENT}optimizer.zero_grad(), or x.grad = None by hand. Otherwise every step follows the sum",
-             f"{INDENT}of all past gradients."]
+    lines = [_("3. Gradients accumulate"), ""]
+    lines += indented(_("After one backward() x.grad is {grad}. Run the forward pass again on\n"
+                        "the same x and call backward() a second time, without clearing x.grad:").format(
+                          grad=show(first)))
+    lines += [f"{INDENT}x.grad                            {show(g['x'].grad)}", ""]
+    lines += indented(_("backward() adds into .grad instead of overwriting it (handy when one batch is processed\n"
+                        "in pieces). So a training loop must clear the gradients before each step's backward():\n"
+                        "optimizer.zero_grad(), or x.grad = None by hand. Otherwise every step follows the sum\n"
+                        "of all past gradients."))
     return lines, {"first_grad": first.tolist(), "accumulated_grad": g["x"].grad.tolist()}
 
 
@@ -141,14 +154,15 @@ def views_section() -> tuple[list[str], dict]:
         under = y * 2
     results = {"y.detach() * 2": y.detach() * 2, "y.data * 2": y.data * 2,
                "with torch.no_grad(): y * 2": under}
-    lines = ["4. Stepping outside autograd: .detach(), .data and torch.no_grad()", "",
-             f"{INDENT}(a) All three give results that autograd does not track:"]
+    lines = [_("4. Stepping outside autograd: .detach(), .data and torch.no_grad()"), "",
+             f"{INDENT}" + _("(a) All three give results that autograd does not track:")]
     for label, t in results.items():
         lines.append(f"{INDENT * 2}{label:<30} requires_grad {t.requires_grad}   grad_fn {name_of(t.grad_fn)}")
     same = y.detach().data_ptr() == y.data.data_ptr() == y.data_ptr()
-    shared = "Yes." if same else "No!"
-    lines += [f"{INDENT}    Do y.detach() and y.data share y's memory, rather than copy it? {shared}",
-              f"{INDENT}    They differ in what happens when that memory is changed:"]
+    shared = _("Yes.") if same else _("No!")
+    lines += indented(_("Do y.detach() and y.data share y's memory, rather than copy it? {answer}\n"
+                        "They differ in what happens when that memory is changed:").format(answer=shared),
+                      INDENT + "    ")
     facts = {label: {"requires_grad": t.requires_grad, "grad_fn": None if t.grad_fn is None else name_of(t.grad_fn)}
              for label, t in results.items()}
     return lines, {"untracked": facts, "shares_memory": same}
@@ -167,16 +181,17 @@ def inplace_section() -> tuple[list[str], dict]:
     h["y"].data.add_(1)  # .data hides the change from autograd: y is now 4, but out was computed with y = 3
     h["out"].backward()
     right = hand_gradient(h["x"])
-    lines = [f"{INDENT}(b) z = y * y * 3 kept y to compute its gradient later. Now add 1 to y in place:",
-             f"{INDENT * 2}y.detach().add_(1), then out.backward() raises",
-             f"{INDENT * 3}RuntimeError: {error}" if error else f"{INDENT * 3}(no error was raised)",
-             f"{INDENT * 2}.detach() shares y's version counter, so autograd sees that a saved tensor changed",
-             f"{INDENT * 2}and refuses to compute with it.",
-             f"{INDENT * 2}y.data.add_(1), then out.backward() runs without a word and gives",
-             f"{INDENT * 3}x.grad {show(h['x'].grad)}   but the right value is {show(right)}",
-             f"{INDENT * 2}The gradient was computed with the new y ({h['y'][0, 0].item():g}) for an out that came "
-             f"from the old y ({h['x'][0, 0].item() + 2:g}).",
-             f"{INDENT * 2}Nothing warns you. Use .detach(): when it goes wrong, it goes wrong loudly."]
+    lines = [f"{INDENT}" + _("(b) z = y * y * 3 kept y to compute its gradient later. Now add 1 to y in place:"),
+             f"{INDENT * 2}" + _("y.detach().add_(1), then out.backward() raises"),
+             f"{INDENT * 3}RuntimeError: {error}" if error else f"{INDENT * 3}" + _("(no error was raised)")]
+    lines += indented(_(".detach() shares y's version counter, so autograd sees that a saved tensor changed\n"
+                        "and refuses to compute with it.\n"
+                        "y.data.add_(1), then out.backward() runs without a word and gives"), INDENT * 2)
+    lines += [f"{INDENT * 3}" + _("x.grad {grad}   but the right value is {right}").format(
+        grad=show(h["x"].grad), right=show(right))]
+    lines += indented(_("The gradient was computed with the new y ({new}) for an out that came from the old y "
+                        "({old}).\nNothing warns you. Use .detach(): when it goes wrong, it goes wrong loudly.").format(
+                          new=f"{h['y'][0, 0].item():g}", old=f"{h['x'][0, 0].item() + 2:g}"), INDENT * 2)
     return lines, {"detach_inplace_error": error, "data_inplace_grad": h["x"].grad.tolist(),
                    "right_grad": right.tolist()}
 
@@ -197,14 +212,16 @@ def update_section(lr: float = 0.1) -> tuple[list[str], dict]:
     twin["out"].backward()
     torch.optim.SGD([twin["x"]], lr=lr).step()  # SGD.step runs under no_grad too
     same = torch.allclose(x, twin["x"])  # equal up to rounding: SGD computes x + (-lr) * grad
-    lines = [f"{INDENT}(c) An optimiser changes the leaf x in place. Tracked by autograd, that is refused:",
+    lines = [f"{INDENT}" + _("(c) An optimiser changes the leaf x in place. Tracked by autograd, that is refused:"),
              f"{INDENT * 2}x -= {lr} * x.grad  ->  RuntimeError: {error}",
-             f"{INDENT * 2}Under `with torch.no_grad():` the update is simply not recorded:",
+             f"{INDENT * 2}" + _("Under `with torch.no_grad():` the update is simply not recorded:"),
              f"{INDENT * 3}x {show(x)}   requires_grad {x.requires_grad}   is_leaf {x.is_leaf}   "
              f"grad_fn {name_of(x.grad_fn)}",
-             f"{INDENT * 2}torch.optim.SGD(lr={lr}).step() does exactly this (its step runs under no_grad), and it",
-             f"{INDENT * 2}" + ("gives the same x." if same else f"gives a different x: {show(twin['x'])}!"),
-             f"{INDENT * 2}no_grad also saves time and memory: no graph is recorded for what runs inside it."]
+             f"{INDENT * 2}" + _("torch.optim.SGD(lr={lr}).step() does exactly this (its step runs under no_grad), "
+                                 "and it").format(lr=lr),
+             f"{INDENT * 2}" + (_("gives the same x.") if same else
+                                _("gives a different x: {x}!").format(x=show(twin["x"]))),
+             f"{INDENT * 2}" + _("no_grad also saves time and memory: no graph is recorded for what runs inside it.")]
     return lines, {"tracked_update_error": error, "no_grad_update": x.tolist(), "sgd_update": twin["x"].tolist(),
                    "sgd_matches": same}
 

@@ -18,14 +18,15 @@ from pathlib import Path
 
 from torchlab import procs
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import say
 
 
 def add_arguments(p) -> None:
-    p.add_argument("dir", nargs="?", default="runs", help="folder of runs (default: runs)")
-    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for TensorBoard to start (default 60)")
+    p.add_argument("dir", nargs="?", default="runs", help=_("folder of runs (default: runs)"))
+    p.add_argument("--port", type=int, default=0, help=_("port to serve on (default: a free one)"))
+    p.add_argument("--host", default="127.0.0.1", help=_("address to listen on (default: this machine only)"))
+    p.add_argument("--wait", type=float, default=60.0, help=_("seconds to wait for TensorBoard to start (default 60)"))
 
 
 def free_port(host: str) -> int:

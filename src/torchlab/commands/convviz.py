@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchlab import checkpoint
+from torchlab import checkpoint, runinfo
 from torchlab.data.images import load_folder
 from torchlab.checks import Bounded
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import new_run_dir, open_writer, say
 from torchlab.models.cnn import conv_out
 from torchlab.models.registry import CLASSIFIER, from_checkpoint, require_kind
@@ -30,22 +31,22 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, what Pillow's convert("L") us
 
 
 def add_arguments(p) -> None:
-    src = p.add_argument_group("input (exactly one)")
-    src.add_argument("--dataset", metavar="NAME", help="training images of a built-in dataset: " + ", ".join(dataset_names()))
-    src.add_argument("--images", metavar="DIR", help="every image file in DIR (sorted; other files are skipped)")
-    p.add_argument("--data-dir", help="folder holding the dataset files (with --dataset)")
-    p.add_argument("--size", type=int, action=Bounded, lo=1, help="with --images: resize the shorter side to SIZE, centre-crop SIZE x SIZE (default 64)")
-    p.add_argument("--count", type=int, default=8, action=Bounded, lo=1, help="use the first COUNT images (default 8)")
-    conv = p.add_argument_group("convolution (nn.Conv2d) and pooling (nn.MaxPool2d)")
-    conv.add_argument("--out-channels", type=int, action=Bounded, lo=1, help="filters, i.e. output channels (default 6)")
-    conv.add_argument("--kernel-size", type=int, action=Bounded, lo=1, help="k: each filter is k x k (default 3)")
-    conv.add_argument("--stride", type=int, action=Bounded, lo=1, help="step between patches (default 1)")
-    conv.add_argument("--padding", type=int, action=Bounded, lo=0, help="zeros added around each side (default 0)")
-    conv.add_argument("--pool", type=int, default=2, action=Bounded, lo=1, help="max-pooling window, also its stride (default 2)")
-    conv.add_argument("--seed", type=int, default=0, help="seed for the random filters (default 0)")
-    conv.add_argument("--checkpoint", metavar="PATH", help="use the first conv layer of a `torchlab train` checkpoint")
-    p.add_argument("--out", metavar="DIR", help="new folder for the PNGs and TensorBoard logs (default runs/conv-viz-TIME)")
-    p.add_argument("--json", action="store_true", help="print shapes, formulas, max difference and files as JSON")
+    src = p.add_argument_group(_("input (exactly one)"))
+    src.add_argument("--dataset", metavar="NAME", help=_("training images of a built-in dataset: {names}").format(names=", ".join(dataset_names())))
+    src.add_argument("--images", metavar="DIR", help=_("every image file in DIR (sorted; other files are skipped)"))
+    p.add_argument("--data-dir", help=_("folder holding the dataset files (with --dataset)"))
+    p.add_argument("--size", type=int, action=Bounded, lo=1, help=_("with --images: resize the shorter side to SIZE, centre-crop SIZE x SIZE (default 64)"))
+    p.add_argument("--count", type=int, default=8, action=Bounded, lo=1, help=_("use the first COUNT images (default 8)"))
+    conv = p.add_argument_group(_("convolution (nn.Conv2d) and pooling (nn.MaxPool2d)"))
+    conv.add_argument("--out-channels", type=int, action=Bounded, lo=1, help=_("filters, i.e. output channels (default 6)"))
+    conv.add_argument("--kernel-size", type=int, action=Bounded, lo=1, help=_("k: each filter is k x k (default 3)"))
+    conv.add_argument("--stride", type=int, action=Bounded, lo=1, help=_("step between patches (default 1)"))
+    conv.add_argument("--padding", type=int, action=Bounded, lo=0, help=_("zeros added around each side (default 0)"))
+    conv.add_argument("--pool", type=int, default=2, action=Bounded, lo=1, help=_("max-pooling window, also its stride (default 2)"))
+    conv.add_argument("--seed", type=int, default=0, help=_("seed for the random filters (default 0)"))
+    conv.add_argument("--checkpoint", metavar="PATH", help=_("use the first conv layer of a `torchlab train` checkpoint"))
+    p.add_argument("--out", metavar="DIR", help=_("new folder for the PNGs and TensorBoard logs (default runs/conv-viz-TIME)"))
+    p.add_argument("--json", action="store_true", help=_("print shapes, formulas, max difference and files as JSON"))
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -205,6 +206,7 @@ def run(args) -> int:
         say(converted)
     check_fits(x.shape[2], x.shape[3], conv, args.pool, bool(args.checkpoint))
     out = new_run_dir(args.out, "conv-viz", flag="--out")
+    runinfo.write_demo(out, "conv-viz")  # `torchlab runs`: a demo's logs, not a run
     normed = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     with torch.no_grad():
         y = conv2d_by_hand(normed, conv.weight, conv.bias, conv.stride, conv.padding)  # [N, O, H_out, W_out]
@@ -238,15 +240,25 @@ def summary(x, conv: nn.Conv2d, y, reference, pooled, pool: int) -> dict:
 
 
 def text(r: dict) -> str:
-    n, o, (_, ckk, positions) = r["input_shape"][0], r["out_channels"], r["unfold_shape"]
+    n, o, (ckk, positions) = r["input_shape"][0], r["out_channels"], r["unfold_shape"][1:]
     steps = [(f"conv {r['kernel_size']}x{r['kernel_size']}", r["conv"]), (f"pool {r['pool']}", r["pool_step"])]
     return "\n".join([
-        f"input     {r['input_shape']}  {r['source']}" + (f"; {r['converted']}" if r["converted"] else ""),
-        f"layer     nn.Conv2d({r['input_shape'][1]}, {o}, kernel_size={r['kernel_size']}, stride={r['stride']}, "
-        f"padding={r['padding']}): weight {r['weight_shape']}, bias {r['bias_shape']} ({r['weights']})",
-        f"im2col    unfold -> {r['unfold_shape']}, weight as rows [{o}, {ckk}], matmul -> [{n}, {o}, {positions}]",
-        *(f"{name:<9} H: {s['formula_h']}, W: {s['formula_w']} -> expected {s['expected_shape']}, tensor {s['shape']}"
+        label(_("input")) + f"{r['input_shape']}  {r['source']}" + (f"; {r['converted']}" if r["converted"] else ""),
+        label(_("layer")) + f"nn.Conv2d({r['input_shape'][1]}, {o}, kernel_size={r['kernel_size']}, "
+        f"stride={r['stride']}, padding={r['padding']}): "
+        + _("weight {weight}, bias {bias} ({weights})").format(weight=r["weight_shape"], bias=r["bias_shape"],
+                                                               weights=r["weights"]),
+        "im2col    " + _("unfold -> {unfold}, weight as rows [{o}, {ckk}], matmul -> [{n}, {o}, {positions}]").format(
+            unfold=r["unfold_shape"], o=o, ckk=ckk, n=n, positions=positions),
+        *(f"{name:<9} H: {s['formula_h']}, W: {s['formula_w']} -> "
+          + _("expected {expected}, tensor {shape}").format(expected=s["expected_shape"], shape=s["shape"])
           for name, s in steps),
-        f"check     max |by hand - F.conv2d| = {r['max_abs_diff']:.2e}",
-        f"wrote     {', '.join(Path(f).name for f in r['files'])} and TensorBoard logs to {r['out_dir']}",
-        f"view      tensorboard --logdir {r['out_dir']}"])
+        label(_("check")) + _("max |by hand - F.conv2d| = {diff}").format(diff=f"{r['max_abs_diff']:.2e}"),
+        label(_("wrote")) + _("{files} and TensorBoard logs to {out_dir}").format(
+            files=", ".join(Path(f).name for f in r["files"]), out_dir=r["out_dir"]),
+        label(_("view")) + f"torchlab tensorboard {r['out_dir']}"])
+
+
+def label(word: str, width: int = 10) -> str:
+    """A line's label padded to `width` terminal columns (a Chinese character takes two)."""
+    return word + " " * max(1, width - sum(2 if ord(c) > 0x2E7F else 1 for c in word))

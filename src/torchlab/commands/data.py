@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from torchlab.data import catalog
+from torchlab.i18n import _
 
 
 def add_arguments(p) -> None:
     p.add_argument("names", nargs="*", choices=[[], *catalog.NAMES], metavar="NAME",
                    help=", ".join(catalog.NAMES) + " (default: fashion-mnist, mnist)")
-    p.add_argument("--data-dir", help="folder holding the dataset files")
-    p.add_argument("--offline", action="store_true", help="only look on disk, never download")
+    p.add_argument("--data-dir", help=_("folder holding the dataset files"))
+    p.add_argument("--offline", action="store_true", help=_("only look on disk, never download"))
 
 
 def run(args) -> int:

@@ -20,17 +20,18 @@ import torch
 
 from torchlab import __version__, hardware, malloc, runtime
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument("--json", action="store_true", help=_("print everything as JSON"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="the device whose settings to report (default: auto)")
+                   help=_("the device whose settings to report (default: auto)"))
     p.add_argument("--measure", action="store_true",
-                   help="also time the training step of each recipe's model now (about a minute; cached)")
-    p.add_argument("--data-dir", help="also look for the datasets here")
+                   help=_("also time the training step of each recipe's model now (about a minute; cached)"))
+    p.add_argument("--data-dir", help=_("also look for the datasets here"))
 
 
 def version_of(package: str) -> str | None:

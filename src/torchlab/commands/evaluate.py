@@ -6,21 +6,22 @@ import json
 
 from torchlab.checks import Bounded
 from torchlab.data.images import add_photo_flags, photo_options
+from torchlab.i18n import _
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
-    p.add_argument("--data-dir", help="folder holding the dataset files")
+    p.add_argument("checkpoint", help=_("a .pt file (or run directory) from `torchlab train`"))
+    p.add_argument("--data-dir", help=_("folder holding the dataset files"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, default=1000, action=Bounded, lo=1, help="images per step (does not change results)")
-    p.add_argument("--out", help="where to write the confusion matrix PNG (default: beside the checkpoint)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    group = p.add_argument_group("corruptions (grayscale datasets)")
+    p.add_argument("--batch-size", type=int, default=1000, action=Bounded, lo=1, help=_("images per step (does not change results)"))
+    p.add_argument("--out", help=_("where to write the confusion matrix PNG (default: beside the checkpoint)"))
+    p.add_argument("--json", action="store_true", help=_("print the results as JSON"))
+    group = p.add_argument_group(_("corruptions (grayscale datasets)"))
     group.add_argument("--corruptions", action="store_true",
-                       help="instead: accuracy on test images corrupted as photos are (blur, noise, JPEG, paper, "
-                            "rotation, ...; 3 severities each), read the way `predict` reads a photo")
-    group.add_argument("--images", type=int, default=1000, action=Bounded, lo=1, help="test images sampled for --corruptions")
-    group.add_argument("--seed", type=int, default=0, help="seed of the sample and the corruptions")
+                       help=_("instead: accuracy on test images corrupted as photos are (blur, noise, JPEG, paper, "
+                            "rotation, ...; 3 severities each), read the way `predict` reads a photo"))
+    group.add_argument("--images", type=int, default=1000, action=Bounded, lo=1, help=_("test images sampled for --corruptions"))
+    group.add_argument("--seed", type=int, default=0, help=_("seed of the sample and the corruptions"))
     add_photo_flags(group)
 
 

@@ -16,21 +16,22 @@ import json
 
 from torchlab.checks import Bounded
 from torchlab.data.text import UNK
+from torchlab.i18n import _
 from torchlab.logger import say
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train lm`")
-    p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--tokens", type=int, default=50, action=Bounded, lo=1, help="how many tokens to add (default 50)")
+    p.add_argument("checkpoint", help=_("a .pt file (or run directory) from `torchlab train lm`"))
+    p.add_argument("--prompt", required=True, help=_("the text to continue"))
+    p.add_argument("--tokens", type=int, default=50, action=Bounded, lo=1, help=_("how many tokens to add (default 50)"))
     p.add_argument("--temperature", type=float, default=0.8, action=Bounded, lo=0,
-                   help="0: always the most likely token (greedy); higher: more varied (default 0.8)")
-    p.add_argument("--top-k", type=int, default=0, action=Bounded, lo=0, help="sample only among the K most likely tokens (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling: the same seed gives the same text")
+                   help=_("0: always the most likely token (greedy); higher: more varied (default 0.8)"))
+    p.add_argument("--top-k", type=int, default=0, action=Bounded, lo=0, help=_("sample only among the K most likely tokens (0: all)"))
+    p.add_argument("--seed", type=int, default=0, help=_("seed for sampling: the same seed gives the same text"))
     p.add_argument("--next", type=int, metavar="K", action=Bounded, lo=1,
-                   help="instead of generating, list the K most likely next tokens with their probabilities")
+                   help=_("instead of generating, list the K most likely next tokens with their probabilities"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true", help=_("print the result as JSON"))
 
 
 def run(args) -> int:

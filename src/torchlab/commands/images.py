@@ -18,31 +18,39 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import ToTensor
 
+from torchlab import runinfo
 from torchlab.data.images import open_image
 from torchlab.errors import UserError
+from torchlab.i18n import N_, _
 from torchlab.logger import open_writer, say
 
 BATCH_SIDE = 128  # every image is padded and resized to this square for the one batch grid
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per value
-LAYOUT = ("size is Pillow's (W, H); np.asarray(img) is (H, W, C): rows, columns, channels last, "
+LAYOUT = N_("size is Pillow's (W, H); np.asarray(img) is (H, W, C): rows, columns, channels last, "
           "or (H, W) for one band;\nToTensor()(img) is (C, H, W): channels first, as torch layers expect.")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files: PNG, JPEG, GIF, TIFF, BMP...")
-    p.add_argument("--logdir", metavar="DIR", help="also log them to TensorBoard in DIR (added to what is there)")
-    p.add_argument("--json", action="store_true", help="print a list of dicts instead of text")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=_("image files: PNG, JPEG, GIF, TIFF, BMP..."))
+    p.add_argument("--logdir", metavar="DIR", help=_("also log them to TensorBoard in DIR (added to what is there)"))
+    p.add_argument("--reader", choices=["pil", "cv2"], default="pil",
+                   help="pil: Pillow, as torchvision reads images; cv2: also read each file with OpenCV's "
+                        "cv2.imread, as the notes do, and show its HWC array in BGR order")
+    p.add_argument("--json", action="store_true", help=_("print a list of dicts instead of text"))
 
 
 def run(args) -> int:
     images = [open_image(Path(p)) for p in args.paths]  # every file opened and decoded before any output
     reports = [describe(p, img) for p, img in zip(args.paths, images)]
+    if args.reader == "cv2":
+        for report, path, img in zip(reports, args.paths, images):
+            report["cv2"] = describe_cv2(path, img)
     if args.logdir:
         log_images(Path(args.logdir), images, tag_names(args.paths))
-    print(json.dumps(reports, indent=2) if args.json else "\n".join(map(report_text, reports)) + "\n" + LAYOUT)
+    print(json.dumps(reports, indent=2) if args.json else "\n".join(map(report_text, reports)) + "\n" + _(LAYOUT))
     if args.logdir:
         say(f"logged {len(images)} image(s) to {args.logdir} (tags image/<name>/array, image/<name>/tensor, "
-            f"images/batch); view them with: tensorboard --logdir {args.logdir}")
+            f"images/batch); view them with: torchlab tensorboard {args.logdir}")
     return 0
 
 
@@ -56,6 +64,37 @@ def describe(path: str, img: Image.Image) -> dict:
             "tensor": {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."),
                        "min": float(tensor.min()), "max": float(tensor.max()), "values": values},
             "notes": value_notes(img, array, tensor, values) + mode_notes(img)}
+
+
+def describe_cv2(path: str, img: Image.Image) -> dict:
+    """What cv2.imread gives for the file, next to Pillow's RGB: the same HWC layout, the channels reversed."""
+    from torchlab.data.images import read_cv2
+
+    bgr = read_cv2(path)  # [H, W, 3] uint8, blue first
+    rgb = np.array(ImageOps.exif_transpose(img).convert("RGB"))  # cv2 applies EXIF orientation; Pillow does not
+    as_bgr = ToTensor()(bgr)  # [3, H, W] in [0, 1]: channel 0 is blue
+    as_rgb = ToTensor()(rgb)  # channel 0 is red
+    fixed = ToTensor()(np.ascontiguousarray(bgr[..., ::-1]))  # cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) does this
+    y, x = bgr.shape[0] // 2, bgr.shape[1] // 2
+    return {"array": {"shape": list(bgr.shape), "dtype": str(bgr.dtype), "order": "BGR"},
+            "tensor_shape": list(as_bgr.shape), "centre_pixel_bgr": bgr[y, x].tolist(),
+            "centre_pixel_pil_rgb": rgb[y, x].tolist(),
+            "channel_means_as_read": [round(float(m), 4) for m in as_bgr.mean((1, 2))],
+            "channel_means_rgb": [round(float(m), 4) for m in as_rgb.mean((1, 2))],
+            "max_difference_bgr_vs_rgb": float((as_bgr - as_rgb).abs().max()),
+            "max_difference_after_bgr2rgb": float((fixed - as_rgb).abs().max())}
+
+
+def cv2_text(c: dict) -> list[str]:
+    a = c["array"]
+    return [f"  cv2.imread(path)  shape {tuple(a['shape'])}  {a['dtype']}  channels in {a['order']} order "
+            f"(centre pixel {c['centre_pixel_bgr']}; Pillow's RGB: {c['centre_pixel_pil_rgb']})",
+            f"  ToTensor()(that)  shape {tuple(c['tensor_shape'])}: channel 0 is blue, not red; channel means "
+            f"{c['channel_means_as_read']} against RGB's {c['channel_means_rgb']}",
+            f"  fed to a model trained on RGB, red and blue are swapped: up to {c['max_difference_bgr_vs_rgb']:.3f} "
+            "per value away from what it learned on; Normalize's per-channel mean and std land on the wrong "
+            "channels",
+            f"  cv2.cvtColor(array, cv2.COLOR_BGR2RGB) first: difference {c['max_difference_after_bgr2rgb']:g}"]
 
 
 def how_converted(array: np.ndarray, tensor: torch.Tensor) -> str:
@@ -113,12 +152,14 @@ def mode_notes(img: Image.Image) -> list[str]:
 
 def report_text(r: dict) -> str:
     t = r["tensor"]
-    lines = [f"{r['file']}: {r['format']}, mode {r['mode']} (bands {', '.join(r['bands'])}), "
-             f"size {r['size'][0]} x {r['size'][1]} (W x H)",
+    lines = [_("{file}: {format}, mode {mode} (bands {bands}), size {w} x {h} (W x H)").format(
+                 file=r["file"], format=r["format"], mode=r["mode"], bands=", ".join(r["bands"]), w=r["size"][0],
+                 h=r["size"][1]),
              f"  np.asarray(img)  shape {tuple(r['array']['shape'])}  {r['array']['dtype']}",
              f"  ToTensor()(img)  shape {tuple(t['shape'])}  {t['dtype']}  min {number(t['min'], t['dtype'])}  "
              f"max {number(t['max'], t['dtype'])}  (values: {t['values']})"]
-    return "\n".join(lines + [f"  note: {n}" for n in r["notes"]])
+    lines += cv2_text(r["cv2"]) if "cv2" in r else []
+    return "\n".join(lines + ["  " + _("note: {note}").format(note=n) for n in r["notes"]])
 
 
 def number(value: float, dtype: str) -> str:
@@ -155,6 +196,8 @@ def log_images(logdir: Path, images: list[Image.Image], names: list[str]) -> Non
         logdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--logdir {logdir}: cannot create ({e.strerror})", "choose a writable folder") from None
+    if not runinfo.is_run(logdir):  # `torchlab runs`: a demo's logs, not a run (a run's folder stays a run)
+        runinfo.write_demo(logdir, "image")
     writer = open_writer(logdir)  # a new event file: an existing logdir keeps its old runs
     batch = []
     for name, img in zip(names, images):

@@ -6,12 +6,13 @@ import json
 
 import torch
 
+from torchlab.i18n import _
 from torchlab.models.registry import (DEFAULT_VOCAB, LANGUAGE_MODELS, MODELS, build_model, count_macs, count_params,
                                       model_config)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--json", action="store_true", help=_("print the table as JSON"))
 
 
 def rows() -> tuple[list[dict], list[dict]]:

@@ -6,29 +6,36 @@ import json
 
 from torchlab.data.images import add_photo_flags, photo_options
 from torchlab.checks import Bounded
+from torchlab.i18n import _
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", help="a .pt file (or run directory) from `torchlab train`")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP or GIF files, any size and mode")
-    p.add_argument("--top-k", type=int, default=3, action=Bounded, lo=1, help="how many classes to show per image")
+    p.add_argument("checkpoint", help=_("a .pt file (or run directory) from `torchlab train`"))
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=_("PNG, JPEG, BMP or GIF files, any size and mode"))
+    p.add_argument("--top-k", type=int, default=3, action=Bounded, lo=1, help=_("how many classes to show per image"))
     add_photo_flags(p)
-    p.add_argument("--show", metavar="OUT.png", help="save the model-sized input(s) the model saw, side by side")
+    p.add_argument("--show", metavar="OUT.png", help=_("save the model-sized input(s) the model saw, side by side"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--json", action="store_true", help=_("print the results as JSON"))
+
+
+def inversion_text(steps: dict) -> str:
+    """Whether the image was negated and why, said either way: a wrong guess shows the model the negative of
+    what it was trained on, and `--invert yes|no` overrides it."""
+    if "inverted" not in steps:  # colour models read photos as their evaluation did
+        return "not inverted (colour model)"
+    return f"{'inverted' if steps['inverted'] else 'not inverted'} ({steps.get('inversion', '?')})"
 
 
 def steps_text(steps: dict) -> str:
-    """One short note of what preprocessing changed, for the text output (the JSON has every detail)."""
-    done = []
-    if steps.get("inverted"):
-        done.append("inverted")
+    """One short note of what preprocessing did, for the text output (the JSON has every detail)."""
+    done = [inversion_text(steps)]
     if steps.get("levels", {}).get("applied"):
         done.append(f"background {steps['levels']['background']:.2f} -> 0")
     if steps.get("frame", {}).get("applied"):
         left, top, right, bottom = steps["frame"]["item_box"]
         done.append(f"item {right - left}x{bottom - top} px framed")
-    return f"  ({'; '.join(done)})" if done else ""
+    return f"  [{'; '.join(done)}]"
 
 
 def run(args) -> int:

@@ -11,6 +11,7 @@ prompts taken from the test text, next to what the text really says.
 from __future__ import annotations
 
 import math
+import sys
 import webbrowser
 from pathlib import Path
 
@@ -18,56 +19,87 @@ import torch
 
 from torchlab import checkpoint, html, runinfo
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import progress, say
 
 GALLERY = 24  # confidently wrong test images shown
+# Below this many epochs a curve per epoch is a dot or two: draw the logged training loss per step instead.
+FEW_EPOCHS = 5
 
 
 def add_arguments(p) -> None:
-    p.add_argument("run_dir", help="a run directory from `torchlab train`")
-    p.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
-    p.add_argument("--data-dir", help="folder holding the dataset (default: the one the run used)")
+    p.add_argument("run_dir", help=_("a run directory from `torchlab train`"))
+    p.add_argument("--out", help=_("where to write the page (default: RUN_DIR/report.html)"))
+    p.add_argument("--data-dir", help=_("folder holding the dataset (default: the one the run used)"))
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--open", action="store_true", help=_("open the page in the default browser"))
 
 
 def pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")  # no display needed
+    if "matplotlib.pyplot" not in sys.modules:  # a notebook keeps its inline backend
+        matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def curves(history: list[dict], lm: bool) -> str:
-    """Loss and accuracy (or perplexity) per epoch, train against val (and test when scored every epoch)."""
+def ppl(loss: float) -> float:
+    return math.exp(min(loss, 50.0))  # capped as evaluate_lm caps it
+
+
+def per_step(history: list[dict], loss_log: list) -> bool:
+    """Whether to draw against steps: a short run (few epochs) whose training loss was logged more often."""
+    return len({h["epoch"] for h in history}) < FEW_EPOCHS and len(loss_log) > len(history)
+
+
+def curves(history: list[dict], lm: bool, loss_log: list | None = None) -> str:
+    """Loss and accuracy (or perplexity), train against val (and test when scored every epoch): per epoch, or
+    for a short run per step, with the logged training loss as a line and the validations as points."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    epochs = [h["epoch"] for h in history]
+    steps = per_step(history, loss_log or [])
+    x = [h["step"] if steps else h["epoch"] for h in history]
     metric = "ppl" if lm else "acc"
-    for split in ("train", "val", "test"):
-        losses = [h.get(f"{split}_loss") for h in history]
-        if any(v is not None for v in losses):
-            axes[0].plot(epochs, losses, marker="o", label=split)
-        values = [math.exp(min(h["train_loss"], 50.0)) if lm and split == "train" else h.get(f"{split}_{metric}")
-                  for h in history]  # train perplexity from the loss, capped as evaluate_lm caps it
-        if any(v is not None for v in values):
-            axes[1].plot(epochs, values, marker="o", label=split)
+    if steps:
+        logged, losses = zip(*loss_log)
+        axes[0].plot(logged, losses, label="train (logged steps)")
+        if lm:
+            axes[1].plot(logged, [ppl(v) for v in losses], label="train (logged steps)")
+    for split in ("val", "test") if steps else ("train", "val", "test"):
+        plot_split(axes, x, history, split, metric, lm)
+    if steps and not lm:
+        plot_split(axes[1:], x, history, "train", metric, lm, skip_loss=True)  # accuracy per (partial) epoch
     axes[0].set_title("loss (mean per " + ("token)" if lm else "image)"))
     axes[1].set_title("perplexity (lower is better)" if lm else "accuracy")
     if lm:
         axes[1].set_yscale("log")
     for ax in axes:
-        if len(epochs) <= 12:  # epochs are whole numbers
-            ax.set_xticks(epochs)
-        else:
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        label_x(ax, x, steps)
     fig.tight_layout()
     return html.image(html.figure_uri(fig), "training curves")
+
+
+def plot_split(axes, x: list, history: list[dict], split: str, metric: str, lm: bool, skip_loss: bool = False):
+    """One split's loss (left) and accuracy or perplexity (right) at each record; train perplexity comes
+    from the training loss."""
+    losses = [h.get(f"{split}_loss") for h in history]
+    if not skip_loss and any(v is not None for v in losses):
+        axes[0].plot(x, losses, marker="o", label=split)
+    values = [ppl(h["train_loss"]) if lm and split == "train" else h.get(f"{split}_{metric}") for h in history]
+    if any(v is not None for v in values):
+        axes[-1].plot(x, values, marker="o", label=split)
+
+
+def label_x(ax, x: list, steps: bool) -> None:
+    if not steps and len(x) <= 12:  # epochs are whole numbers
+        ax.set_xticks(x)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("step (points: end of an epoch, or of a --max-steps run)" if steps else "epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def metrics_table(summary: dict, lm: bool) -> str:
@@ -81,7 +113,10 @@ def metrics_table(summary: dict, lm: bool) -> str:
             rows.append([key.replace("_", " "), (text, value)])
     for key, unit in (("epochs", ""), ("steps", ""), ("best_epoch", ""), ("train_seconds", " s"),
                       ("images_per_second", " img/s"), ("tokens_per_second", " tokens/s")):
-        if summary.get(key) is not None:
+        if key == "epochs" and summary.get("epochs_done") not in (None, summary.get("epochs")):
+            done = summary["epochs_done"]  # --max-steps stopped inside an epoch
+            rows.append(["epochs", (f"{runinfo.epochs_text(summary)} (epoch {summary['epochs'] + 1} partial)", done)])
+        elif summary.get(key) is not None:
             rows.append([key.replace("_", " "), (f"{summary[key]:,}{unit}", summary[key])])
     scored = summary.get("test_scored") or summary.get(f"{summary.get('scored_split', 'test')}_scored")
     note = f"<p>Scored with the weights of the {html.escape(scored)}.</p>" if scored else ""
@@ -110,9 +145,12 @@ def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device:
     classes = list(ckpt["classes"])
     confusion, acc = result["confusion"], result["acc"]
     expected = summary.get(f"{split}_acc")
+    if summary.get("eval_sample"):  # a --max-steps run scored a sample; this is the whole split
+        differs = f"the run reported {expected:.2%} on a sample of {summary.get(f'{split}_count', 0):,} images"
+    else:
+        differs = f"the run reported {expected:.2%}: the data or the weights changed since"
     check = (f"<p>Rescored here: {acc:.2%} on {len(data):,} images"
-             + ("" if expected is None or abs(acc - expected) < 1e-9 else
-                f' <span class="note">(the run reported {expected:.2%}: the data or the weights changed since)</span>')
+             + ("" if expected is None or abs(acc - expected) < 1e-9 else f' <span class="note">({differs})</span>')
              + ".</p>")
     per_class = per_class_accuracy(confusion)
     rows = [[name, (f"{a:.2%}", a), (f"{int(confusion[i].sum()):,}", int(confusion[i].sum()))]
@@ -190,15 +228,12 @@ def build(run_dir: Path, data_dir: str | None, device: str) -> str:
     history = summary.get("history") or (ckpt["state"].get("history", []) if ckpt else [])
     name = f"{summary.get('cell')} language model on {summary.get('corpus')}" if lm else \
         f"{summary.get('model')} on {summary.get('task')}"
-    how = "" if summary["shown"] == summary.get("status") else f" ({summary.get('status')})"
-    head = (f"<p>{html.escape(name)}: <b>{summary['shown']}</b>{html.escape(how)}, started "
-            f"{html.escape(str(summary.get('started', '?')))}, checkpoint {ckpt_path.name if ckpt else 'none'}.</p>"
-            + (f'<p class="note">{html.escape(summary["error"])}</p>' if summary.get("error") else "")
-            + (f"<p>Continue it with <code>{html.escape(summary['resume'])}</code></p>" if summary["resume"] else ""))
     bar = progress(2, "report", "part")
-    sections = [("", head), ("Command", f"<pre>{html.escape(summary.get('command') or '(not recorded)')}</pre>"),
+    sections = [("", head_html(summary, name, ckpt_path if ckpt else None)),
+                ("Command", f"<pre>{html.escape(summary.get('command') or '(not recorded)')}</pre>"),
                 ("Final metrics", metrics_table(summary, lm)),
-                ("Training curves", curves(history, lm) if history else "<p>No epoch finished.</p>")]
+                ("Training curves", curves(history, lm, summary.get("loss_log")) if history else
+                 "<p>No epoch finished.</p>")]
     bar.update(1)
     sections += task_sections(ckpt, summary, data_dir, device, lm) if ckpt else []
     bar.update(1)
@@ -207,6 +242,28 @@ def build(run_dir: Path, data_dir: str | None, device: str) -> str:
     sections += [("Epochs", epochs_table(history) if history else "<p>None yet.</p>"),
                  ("Configuration (config.toml)", f"<pre>{html.escape(config)}</pre>")]
     return html.page(f"torchlab report: {run_dir.name}", sections)
+
+
+def head_html(summary: dict, name: str, ckpt_path) -> str:
+    """How the run ended, its error, and how to continue it (a --max-steps run: finish it)."""
+    how = "" if summary["shown"] == summary.get("status") else f" ({summary.get('status')})"
+    next_step = "Finish it (--max-steps 0 lifts the limit) with" if summary["shown"] == "max-steps" else \
+        "Continue it with"
+    started = html.escape(str(summary.get("started", "?")))
+    return (f"<p>{html.escape(name)}: <b>{summary['shown']}</b>{html.escape(how)}, started {started}, "
+            f"checkpoint {ckpt_path.name if ckpt_path else 'none'}.</p>"
+            + (f'<p class="note">{html.escape(summary["error"])}</p>' if summary.get("error") else "")
+            + sample_note(summary.get("eval_sample"))
+            + (f"<p>{next_step} <code>{html.escape(summary['resume'])}</code></p>" if summary["resume"] else ""))
+
+
+def sample_note(sample: dict | None) -> str:
+    """A --max-steps run's numbers are on a sample of the evaluation splits: the page says so."""
+    if not sample:
+        return ""
+    sizes = " and ".join(f"{n:,} {split}" for split, n in sample.items() if split != "unit")
+    return f'<p class="note">A --max-steps run: it scored a sample of {sizes} {sample["unit"]}, not the whole ' \
+           'splits.</p>'
 
 
 def task_sections(ckpt, summary, data_dir, device, lm) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """`torchlab runs [DIR]`: the runs under a folder as one table, newest first.
 
 Each run is read from its summary.json (see runinfo.py); checkpoints are never
-loaded, so listing hundreds of runs stays instant.
+loaded, so listing hundreds of runs stays instant. The demos' log folders
+(linreg, conv-viz, image --logdir) are not runs: one line on stderr counts them.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from pathlib import Path
 
 from torchlab import runinfo
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import say
 
 COLUMNS = ("run", "task", "model", "epochs", "best_val", "test", "duration", "date", "status")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default: runs)")
-    p.add_argument("--sort", default="date", choices=COLUMNS, help="column to sort by (default: date, newest first)")
-    p.add_argument("--reverse", action="store_true", help="reverse the order")
-    p.add_argument("--json", action="store_true", help="print the runs as JSON")
+    p.add_argument("dir", nargs="?", default="runs", help=_("folder holding run directories (default: runs)"))
+    p.add_argument("--sort", default="date", choices=COLUMNS, help=_("column to sort by (default: date, newest first)"))
+    p.add_argument("--reverse", action="store_true", help=_("reverse the order"))
+    p.add_argument("--json", action="store_true", help=_("print the runs as JSON"))
 
 
 def row(summary: dict, root: Path) -> dict:
@@ -32,7 +34,8 @@ def row(summary: dict, root: Path) -> dict:
     return {
         "run": str(path.relative_to(root)) if path != root and path.is_relative_to(root) else str(path),
         "task": summary.get("task"), "model": model,
-        "epochs": summary.get("epochs"), "epochs_planned": summary.get("epochs_planned"),
+        "epochs": summary.get("epochs"), "epochs_done": summary.get("epochs_done", summary.get("epochs")),
+        "epochs_planned": summary.get("epochs_planned"),
         "metric": "ppl" if lm else "acc",
         "best_val": summary.get("best_val_ppl" if lm else "best_val_acc"),
         "test": summary.get("test_ppl" if lm else f"{split}_acc"), "test_split": "test" if lm else split,
@@ -57,7 +60,8 @@ def duration_text(seconds) -> str:
 
 
 def cells(r: dict) -> list[str]:
-    epochs = "-" if r["epochs"] is None else f"{r['epochs']}/{r['epochs_planned']}" if r["epochs_planned"] else str(r["epochs"])
+    epochs = runinfo.epochs_text(r) + (f"/{r['epochs_planned']}" if r["epochs_planned"] and r["epochs"] is not None
+                                       else "")
     test = metric_text(r["test"], r["metric"]) + (" (val)" if r["test_split"] == "val" and r["test"] is not None else "")
     return [r["run"], r["task"] or "-", r["model"] or "-", epochs, metric_text(r["best_val"], r["metric"]), test,
             duration_text(r["duration"]), r["date"] or "-", r["status"]]
@@ -82,13 +86,27 @@ def sort_rows(rows: list[dict], column: str, reverse: bool) -> list[dict]:
     return known + unknown
 
 
+def names(paths: list[Path]) -> str:
+    return ", ".join(p.name for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+
+
+def continue_line(r: dict) -> str:
+    """What to do about a run that can go on: a killed or interrupted one resumes, a --max-steps one finishes."""
+    if r["ended"] == "max-steps":
+        return f"{r['run']} stopped at --max-steps after {runinfo.epochs_text(r)} epochs; finish it with: {r['resume']}"
+    how = "was killed" if r["ended"] == "running" else f"stopped ({r['ended']})"
+    return f"{r['run']} {how}; continue it with: {r['resume']}"
+
+
 def run(args) -> int:
     root = Path(args.dir)
-    paths, foreign = runinfo.find(root)
+    paths, demos, foreign = runinfo.find(root)
     rows = sort_rows([row(runinfo.read(p), root) for p in paths], args.sort, args.reverse)
+    if demos:
+        kinds = sorted({runinfo.demo_of(p) for p in demos})
+        say(f"not listed: {len(demos)} demo log folder(s) of {', '.join(kinds)} (no training run): {names(demos)}")
     if foreign:
-        say(f"skipped {len(foreign)} folder(s) that hold no run: " + ", ".join(p.name for p in foreign[:5])
-            + (" ..." if len(foreign) > 5 else ""))
+        say(f"skipped {len(foreign)} folder(s) that hold no run: {names(foreign)}")
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -98,6 +116,5 @@ def run(args) -> int:
     print(table(rows))
     for r in rows:
         if r["resume"]:
-            how = "was killed" if r["ended"] == "running" else f"stopped ({r['ended']})"
-            print(f"{r['run']} {how}; continue it with: {r['resume']}")
+            print(continue_line(r))
     return 0

@@ -13,20 +13,21 @@ import time
 
 from torchlab.data import catalog
 from torchlab.data.stats import channel_stats
+from torchlab.i18n import _
 from torchlab.logger import say
 
 
 def add_arguments(p) -> None:
-    p.add_argument("dataset", choices=catalog.NAMES, help="a built-in dataset, or image-folder with --data-dir")
-    p.add_argument("--data-dir", help="folder holding the dataset (for image-folder: the class sub-folders, "
-                                      "or train/ and val/)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("dataset", choices=catalog.NAMES, help=_("a built-in dataset, or image-folder with --data-dir"))
+    p.add_argument("--data-dir", help=_("folder holding the dataset (for image-folder: the class sub-folders, "
+                                      "or train/ and val/)"))
+    p.add_argument("--json", action="store_true", help=_("print the result as JSON"))
 
 
 def run(args) -> int:
     tic = time.perf_counter()
     images, source = catalog.iter_train_images(args.dataset, args.data_dir)
-    say(f"reading the training images of {args.dataset} from {source}")
+    say(_("reading the training images of {dataset} from {source}").format(dataset=args.dataset, source=source))
     stats = channel_stats(images)
     result = {"dataset": args.dataset, "source": source, **stats, "seconds": round(time.perf_counter() - tic, 3)}
     known = catalog.KNOWN_STATS.get(args.dataset)
@@ -44,12 +45,15 @@ def as_tuple(values: list[float]) -> str:
 
 def text(r: dict) -> str:
     mean, std = as_tuple(r["mean"]), as_tuple(r["std"])
-    lines = [f"{r['dataset']}: {r['images']} training images, {r['pixels']:,} pixels per channel "
-             f"({r['seconds']:.1f} s, from {r['source']})",
-             f"  mean per channel  {mean}",
-             f"  std per channel   {std}",
+    lines = [_("{dataset}: {images} training images, {pixels} pixels per channel ({seconds} s, from {source})").format(
+                 dataset=r["dataset"], images=r["images"], pixels=f"{r['pixels']:,}", seconds=f"{r['seconds']:.1f}",
+                 source=r["source"]),
+             "  " + _("mean per channel  {mean}").format(mean=mean),
+             "  " + _("std per channel   {std}").format(std=std),
              f"  transforms.Normalize(mean={mean}, std={std})"]
     if "torchlab_uses" in r:
         used = r["torchlab_uses"]
-        lines.append(f"  torchlab trains with mean {tuple(used['mean'])}, std {tuple(used['std'])}")
+        # One rounding for every number on the page, so 0.2860 above and here read as the same value.
+        lines.append("  " + _("torchlab trains with mean {mean}, std {std}").format(mean=as_tuple(used["mean"]),
+                                                                                 std=as_tuple(used["std"])))
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchlab.data.locate import DatasetFiles, cache_root, local_sources
+from torchlab.data.locate import DatasetFiles, cache_root, local_sources, not_in_data_dir
 from torchlab.data.text import Splits, guess_language, read_text, split_documents, tokenize
 from torchlab.errors import UserError
 from torchlab.logger import tracked
@@ -78,9 +78,16 @@ def split_corpus(corpus: str, data_dir: str | None, script: str, encoding: str, 
 
 
 def search(spec: DatasetFiles, data_dir: str | None, found: Callable[[Path], Path | None],
-           tried: list[str]) -> tuple[Path, str] | None:
-    """Look in ROOT and ROOT/<spec.name> for each local root; note each root in `tried`."""
-    for label, root in local_sources(spec, data_dir):
+           tried: list[str], wanted: str, what: str, hint: str = "") -> tuple[Path, str] | None:
+    """Look in ROOT and ROOT/<spec.name> for each local root; note each root in `tried`. An explicit
+    `data_dir` is the only root, and not finding `wanted` there is an error (see data/locate.py)."""
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        for folder in (root, root / spec.name):
+            if (hit := found(folder)) is not None:
+                return hit, f"{hit} (--data-dir)"
+        raise not_in_data_dir(root, [root, root / spec.name], wanted, what, hint)
+    for label, root in local_sources(spec):
         for folder in (root, root / spec.name):
             if (hit := found(folder)) is not None:
                 return hit, f"{hit} ({label})"
@@ -96,7 +103,8 @@ def _timemachine_in(folder: Path) -> Path | None:
 def locate_timemachine(data_dir: str | None = None, offline: bool = False) -> tuple[Path, str]:
     """(path of timemachine.txt, description of the source) or UserError listing every place tried."""
     tried: list[str] = []
-    if (hit := search(TIMEMACHINE, data_dir, _timemachine_in, tried)) is not None:
+    if (hit := search(TIMEMACHINE, data_dir, _timemachine_in, tried, "timemachine.txt", "corpus timemachine")) \
+            is not None:
         return hit
     cache = cache_root() / "timemachine"
     if (path := _timemachine_in(cache)) is not None:
@@ -110,7 +118,7 @@ def locate_timemachine(data_dir: str | None = None, offline: bool = False) -> tu
             tried.append(f"download into {cache} ({type(e).__name__}: {e})")
         else:
             return path, f"{path} (downloaded from {TIMEMACHINE_URL})"
-    if not data_dir and not os.environ.get("TORCHLAB_DATA"):
+    if not os.environ.get("TORCHLAB_DATA"):
         tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")
     raise UserError("corpus timemachine not found; tried: " + "; ".join(tried),
                     "pass --data-dir DIR or set TORCHLAB_DATA to a folder holding timemachine.txt")
@@ -151,10 +159,11 @@ def _tang_folder(folder: Path) -> Path | None:
 def locate_tang(data_dir: str | None = None) -> tuple[list[Path], str]:
     """(the poet.tang.*.json files in order, description of the source) or UserError."""
     tried: list[str] = []
-    if (found := search(TANG, data_dir, _tang_folder, tried)) is not None:
+    if (found := search(TANG, data_dir, _tang_folder, tried, "poet.tang.*.json (or quantangshi/)", "corpus tang",
+                        f"get it from {TANG_SOURCE}, then point --data-dir at its folder")) is not None:
         folder, source = found
         return tang_files(folder), source
-    if not data_dir and not os.environ.get("TORCHLAB_DATA"):
+    if not os.environ.get("TORCHLAB_DATA"):
         tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")
     raise UserError("corpus tang (poet.tang.*.json) not found; tried: " + "; ".join(tried),
                     f"it is not downloaded automatically: get it from {TANG_SOURCE}, then pass --data-dir")

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from torchlab.data.photo import FRAMINGS, PhotoOptions, prepare_gray, to_grayscale
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}
 
@@ -43,13 +44,13 @@ def open_image(path: Path) -> Image.Image:
 def add_photo_flags(p) -> None:
     """How predict (and eval --corruptions) make a photo look like the dataset's images (data/photo.py)."""
     p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
-                   help="make the item light on dark (auto: when the background is lighter than the item)")
+                   help=_("make the item light on dark (auto: when the background is lighter than the item)"))
     p.add_argument("--no-levels", action="store_true",
-                   help="keep the photo's levels (default: background to black, the item's brightest part to white)")
+                   help=_("keep the photo's levels (default: background to black, the item's brightest part to white)"))
     p.add_argument("--no-denoise", action="store_true",
-                   help="keep the photo's grain (default: a 3x3 median filter where the background is noisy)")
+                   help=_("keep the photo's grain (default: a 3x3 median filter where the background is noisy)"))
     p.add_argument("--no-frame", action="store_true",
-                   help="keep the photo's framing (default: trim to the item and frame it as the dataset did)")
+                   help=_("keep the photo's framing (default: trim to the item and frame it as the dataset did)"))
 
 
 def photo_options(args) -> PhotoOptions:
@@ -158,3 +159,16 @@ def tensor_image(t: torch.Tensor, name: str) -> Image.Image:
     array = (t.float() * 255).round().byte() if t.is_floating_point() else t.to(torch.uint8)
     array = array.permute(1, 2, 0).numpy()  # CHW -> HWC, as PIL stores pixels
     return Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+
+
+def read_cv2(path: str) -> np.ndarray:
+    """The file as OpenCV reads it (`cv2.imread`): [H, W, 3] uint8 in BGR order, with a one-line error where
+    OpenCV is missing or cannot read it (imread itself returns None without saying why)."""
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("--reader cv2 needs OpenCV", "pip install opencv-python-headless") from None
+    array = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if array is None:
+        raise UserError(f"{path}: OpenCV cannot read this file", "use --reader pil, or convert it to PNG or JPEG")
+    return array

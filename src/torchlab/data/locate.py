@@ -1,6 +1,8 @@
 """Where datasets are looked for, in order.
 
-1. `--data-dir DIR`
+1. `--data-dir DIR`: when given, the only place. A folder that does not hold
+   the dataset is an error naming what was looked for, never a silent fall-back
+   to the places below (the run's config would record a folder it never read).
 2. `$TORCHLAB_DATA` (a root laid out like the project's shared/data folder)
 3. Debian's packaged copy (`apt-get install dataset-fashion-mnist`)
 4. a download through torchvision into the user cache (skipped when
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,32 @@ def files_in(folder: Path, spec: DatasetFiles) -> dict[str, Path] | None:
     return found if all(found.values()) else None  # type: ignore[return-value]
 
 
-def local_sources(spec: DatasetFiles, data_dir: str | None) -> list[tuple[str, Path]]:
-    """(label, root) pairs in lookup order, before any download."""
+def not_in_data_dir(root: Path, folders: list[Path], wanted: str, what: str, hint: str = "") -> UserError:
+    """The one-line error for an explicit --data-dir without `what` ("dataset mnist"): what was looked for, and
+    where."""
+    missing = "" if root.is_dir() else _(" (no such folder)")
+    inside = ", ".join(str(f.relative_to(root)) + "/" for f in folders if f != root)
+    return UserError(_("{what} not found in --data-dir {root}{missing}; looked for {wanted} in it").format(
+                         what=what, root=root, missing=missing, wanted=wanted)
+                     + (_(" and in {folders}").format(folders=inside) if inside else ""),
+                     hint or _("point --data-dir at the folder holding them, or leave it out to search "
+                               "$TORCHLAB_DATA, the user cache and the download"))
+
+
+def in_data_dir(spec: DatasetFiles, data_dir: str) -> tuple[dict[str, Path], str]:
+    """The files in an explicit --data-dir (or the folders torchvision and shared/data make in it), or the error."""
+    root = Path(data_dir).expanduser()
+    folders = candidate_dirs(root, spec)
+    for folder in folders:
+        if (found := files_in(folder, spec)) is not None:
+            return found, f"{folder} (--data-dir)"
+    raise not_in_data_dir(root, folders, ", ".join(spec.files) + _(" (each plain or .gz)"),
+                          _("dataset {name}").format(name=spec.name))
+
+
+def local_sources(spec: DatasetFiles) -> list[tuple[str, Path]]:
+    """(label, root) pairs in lookup order without --data-dir, before any download."""
     sources = []
-    if data_dir:
-        sources.append(("--data-dir", Path(data_dir).expanduser()))
     if os.environ.get("TORCHLAB_DATA"):
         sources.append(("$TORCHLAB_DATA", Path(os.environ["TORCHLAB_DATA"]).expanduser()))
     if spec.debian_dir:
@@ -80,8 +104,10 @@ def download(spec: DatasetFiles, root: Path) -> None:
 
 def locate(spec: DatasetFiles, data_dir: str | None = None, offline: bool = False) -> tuple[dict[str, Path], str]:
     """Return ({file name: path}, description of the source) or raise UserError."""
+    if data_dir:
+        return in_data_dir(spec, data_dir)
     tried = []
-    for label, root in local_sources(spec, data_dir):
+    for label, root in local_sources(spec):
         for folder in candidate_dirs(root, spec):
             if (found := files_in(folder, spec)) is not None:
                 return found, f"{folder} ({label})"
@@ -102,9 +128,9 @@ def locate(spec: DatasetFiles, data_dir: str | None = None, offline: bool = Fals
             if (found := files_in(cache / spec.layout, spec)) is not None:
                 return found, f"{cache / spec.layout} (downloaded)"
             tried.append(f"download into {cache} (files missing afterwards)")
-    if not data_dir and not os.environ.get("TORCHLAB_DATA"):
+    if not os.environ.get("TORCHLAB_DATA"):
         tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")
-    hint = "pass --data-dir DIR or set TORCHLAB_DATA to a folder holding " + ", ".join(spec.files)
+    hint = _("pass --data-dir DIR or set TORCHLAB_DATA to a folder holding {files}").format(files=", ".join(spec.files))
     if spec.debian_dir:
-        hint += f", or run `apt-get install dataset-{spec.name}`"
-    raise UserError(f"dataset {spec.name} not found; tried: " + "; ".join(tried), hint)
+        hint += _(", or run `apt-get install dataset-{name}`").format(name=spec.name)
+    raise UserError(_("dataset {name} not found; tried: {tried}").format(name=spec.name, tried="; ".join(tried)), hint)

@@ -305,6 +305,16 @@ def batchify_eval(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [main, ids[b * m :].unsqueeze(0)] if r else [main]
 
 
+def leading_windows(blocks: list[torch.Tensor], bptt: int, count: int) -> list[torch.Tensor]:
+    """A bounded sample of an evaluation split from `batchify_eval`: the first `count` windows of every stream
+    of the main block, [B, count * bptt + 1] (each stream a contiguous stretch of the text, scored from a zero
+    state as the whole split is). Blocks that hold no more than that come back unchanged."""
+    keep = count * bptt + 1
+    if blocks[0].shape[1] <= keep:
+        return blocks
+    return [blocks[0][:, :keep]]
+
+
 def window_starts(length: int, bptt: int, offset: int = 0) -> range:
     """Where the windows over streams of `length` tokens start; len() of it counts them."""
     return range(offset, length - 1, bptt)

@@ -4,11 +4,13 @@ The task spec the trainer (trainer.py) runs: the data is decoded once and kept
 as uint8 tensors on the device (data/vision.py); a batch is images [B, C, H, W]
 and labels [B]; the loss is cross-entropy; validation picks `best.pt` by
 accuracy; the test scores the whole test split and draws its confusion matrix.
+A --max-steps run (a dry run) scores a seeded sample of EVAL_SAMPLE_IMAGES
+images of each evaluation split instead, and says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,11 +21,16 @@ from torchlab.data.catalog import Loaded
 from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_out
 from torchlab.engine import classification_loss, evaluate, per_class_accuracy, train_step
 from torchlab.errors import UserError
-from torchlab.logger import confusion_figure
+from torchlab.i18n import N_, _
+from torchlab.logger import confusion_figure, say
 from torchlab.models.registry import build_model, model_config
 from torchlab.optim import build_optimizer
 from torchlab.recipes import device_kind
 from torchlab.runtime import Runtime
+
+# A --max-steps run scores at most this many images of val and of test (a seeded sample, in split order):
+# a dry run should take seconds, and Fashion-MNIST's 15,000 evaluation images take longer than its steps.
+EVAL_SAMPLE_IMAGES = 1000
 
 
 @dataclass
@@ -34,6 +41,57 @@ class Data:
     test: TensorLoader | None  # image folders without test/ have none
     samples: torch.Tensor  # a few raw training images [64, C, H, W] uint8, for TensorBoard
     counts: dict  # images per split (all processes together)
+    scored: dict | None = None  # images each evaluation scores, when a --max-steps run scores a sample
+    settings: dict = field(default_factory=dict)  # config values decided here (a default batch size cut down)
+
+    @property
+    def sampled(self) -> bool:
+        return self.scored is not None
+
+    def sample_note(self, split: str = "") -> str:
+        """"a sample of 1,000 of 10,000 test images" (one split), or of every evaluation split."""
+        each = [f"{self.scored[k]:,} of {self.counts[k]:,} {k}" for k in ((split,) if split else self.scored)]
+        return "a sample of " + " and ".join(each) + " images"
+
+
+def batch_size_for(cfg: TrainConfig, images: int) -> int:
+    """The training batch. A batch larger than the training set is an error when the user asked for it;
+    when it came from the defaults (a few photos in an image folder), the batch becomes the whole set."""
+    if images >= cfg.batch_size:
+        return cfg.batch_size
+    if "batch_size" in getattr(cfg, "explicit", ("batch_size",)):  # unknown origin: as if given
+        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {images} training images",
+                        "use a smaller batch")
+    size = images - images % distributed.WORLD.size  # a global batch splits evenly over the processes
+    say(f"batch size {size} (the whole training set): the default {cfg.batch_size} is more than its {images} "
+        "images")
+    return size
+
+
+def eval_sample(split, seed: int):
+    """A --max-steps run's evaluation split: at most EVAL_SAMPLE_IMAGES rows, drawn with the seed, kept in
+    split order (an image folder's val/ is sorted by class, so its leading rows would be one class)."""
+    if split is None or len(split) <= EVAL_SAMPLE_IMAGES:
+        return split
+    rows = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:EVAL_SAMPLE_IMAGES]
+    return split[rows.sort().values]
+
+
+def loaders(cfg: TrainConfig, info: Loaded, train, val, test, device: torch.device, batch: int):
+    """The training loader (this process's rows of each batch) and the evaluation loaders (this process's
+    contiguous part of each split)."""
+    mean, std, world = info.mean, info.std, distributed.WORLD
+    train_loader = TensorLoader(train.images.to(device), train.labels.to(device), batch, train=True,
+                                seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad, crop=info.crop,
+                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0, photo=cfg.photo,
+                                rows=world.slice_of_batch(batch))
+
+    def share(split):
+        if split is None:
+            return None
+        return eval_loader(split[world.part(len(split))], mean, std, device, cfg.eval_batch_size)
+
+    return train_loader, share(val), share(test)
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
@@ -52,30 +110,24 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
     if cfg.photo and info.crop:
         raise UserError(f"--photo {cfg.photo}: for datasets of whole items on a plain background (fashion-mnist, "
                         "mnist, cifar10), not image folders", "drop --photo; image folders train on random crops")
-    if len(train) < cfg.batch_size:
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} training images", "use a smaller batch")
-
-    mean, std, world = info.mean, info.std, distributed.WORLD
-    train_loader = TensorLoader(train.images.to(device), train.labels.to(device), cfg.batch_size, train=True,
-                                seed=cfg.seed, augment=cfg.augment, flip=info.flip, pad=info.pad, crop=info.crop,
-                                norm=(mean, std), erase=cfg.erase if cfg.augment else 0.0, photo=cfg.photo,
-                                rows=world.slice_of_batch(cfg.batch_size))
-
-    def share(split):  # each process scores its contiguous part of an evaluation split
-        return eval_loader(split[world.part(len(split))], mean, std, device, cfg.eval_batch_size) if split is not None else None
-
-    val_loader, test_loader = share(val), share(info.test)
+    batch = batch_size_for(cfg, len(train))
+    scored_val, scored_test = (eval_sample(val, cfg.seed), eval_sample(info.test, cfg.seed)) if cfg.max_steps \
+        else (val, info.test)
+    train_loader, val_loader, test_loader = loaders(cfg, info, train, scored_val, scored_test, device, batch)
     samples = centre_crop(train.images[:64], info.crop) if info.crop else train.images[:64]
     counts = {"train": len(train), "val": len(val) if val is not None else 0,
               "test": len(info.test) if info.test is not None else 0}
-    return Data(info, train_loader, val_loader, test_loader, samples, counts)
+    scored = {k: len(split) for k, split in (("val", scored_val), ("test", scored_test)) if split is not None}
+    sampled = scored_val is not val or scored_test is not info.test
+    return Data(info, train_loader, val_loader, test_loader, samples, counts, scored if sampled else None,
+                {"batch_size": batch} if batch != cfg.batch_size else {})
 
 
 class ImageTask:
     """How the trainer trains an image classifier (see trainer.py for what each member means)."""
 
     unit, score, higher_is_better = "images", "val_acc", True
-    nan_hint = "lower --lr, or try --precision fp32"
+    nan_hint = N_("lower --lr, or try --precision fp32")
     last_weights = "last epoch"
 
     def model_name(self, cfg: TrainConfig) -> str:
@@ -152,6 +204,7 @@ class ImageTask:
             s.writer.add_figure(f"{split}/confusion_matrix", fig, s.state.global_step)  # closes the figure
         s.writer.add_scalar(f"{split}/acc", result["acc"], s.state.global_step)
         per_class = dict(zip(classes, per_class_accuracy(result["confusion"])))
+        scored += f"; {s.data.sample_note(split)}, --max-steps run" if s.data.sampled else ""
         summary = {"scored_split": split, f"{split}_acc": result["acc"], f"{split}_loss": result["loss"],
                    f"{split}_count": result["count"], f"{split}_scored": scored, "per_class_acc": per_class}
         return summary, {f"hparam/{split}_acc": result["acc"], "hparam/best_val_acc": s.state.best or 0}
@@ -161,23 +214,32 @@ class ImageTask:
         return {"classes": list(info.classes), "mean": list(info.mean), "std": list(info.std)}
 
     def summary_extra(self, s) -> dict:
-        return {"model": s.cfg.model, "recipe": s.cfg.recipe}
+        sample = {"eval_sample": {"unit": "images", **s.data.scored}} if s.data.sampled else {}
+        return {"model": s.cfg.model, "recipe": s.cfg.recipe, **sample}
 
     def describe(self, s, notes: list[str]) -> list[str]:
         cfg, data = s.cfg, s.data
-        recipe = f"fast (target {cfg.target}%, {device_kind(cfg.device)} table)" if cfg.recipe == "fast" else cfg.recipe
-        lines = [f"data: {cfg.task} from {data.info.source}: {data.counts['train']} train, {data.counts['val']} val, "
-                 f"{data.counts['test']} test", *notes,
-                 f"{s.rt.describe()}  model: {cfg.model}  recipe: {recipe}  run: {s.run_dir}"]
+        recipe = (_("fast (target {target}%, {device} table)").format(target=cfg.target, device=device_kind(cfg.device))
+                  if cfg.recipe == "fast" else cfg.recipe)
+        lines = [_("data: {task} from {source}: {train} train, {val} val, {test} test").format(
+                     task=cfg.task, source=data.info.source, **data.counts), *notes,
+                 s.rt.describe() + "  " + _("model: {model}  recipe: {recipe}  run: {run_dir}").format(
+                     model=cfg.model, recipe=recipe, run_dir=s.run_dir)]
+        if data.sampled:  # a dry run's numbers must not pass for the whole splits'
+            lines.append(_("--max-steps run: validation and test score {sample} (seeded), not the whole splits").format(
+                sample=data.sample_note()))
         return lines + ([distributed.describe(cfg.batch_size, "images")] if s.ctx.world.enabled else [])
 
     def epoch_line(self, r: dict, epochs: int, improved: bool) -> str:
-        parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}"]
+        partial = _(" (partial)") if r.get("partial") else ""
+        parts = [_("epoch {epoch}/{epochs}").format(epoch=r["epoch"], epochs=epochs) + partial,
+                 _("train loss {loss} acc {acc}").format(loss=f"{r['train_loss']:.4f}", acc=f"{r['train_acc']:.2%}")]
         if "val_acc" in r:
-            parts.append(f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}" + (" *" if improved else ""))
+            parts.append(_("val loss {loss} acc {acc}").format(loss=f"{r['val_loss']:.4f}", acc=f"{r['val_acc']:.2%}")
+                         + (" *" if improved else ""))
         if "test_acc" in r:
-            parts.append(f"test acc {r['test_acc']:.2%}")
-        parts.append(f"{r['images_per_second']:.0f} img/s")
+            parts.append(_("test acc {acc}").format(acc=f"{r['test_acc']:.2%}"))
+        parts.append(_("{rate} img/s").format(rate=f"{r['images_per_second']:.0f}"))
         return "  ".join(parts)
 
 

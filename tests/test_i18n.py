@@ -1,0 +1,156 @@
+"""torchlab in Chinese: the catalogs are complete and compiled, and the language follows --lang and the locale.
+
+The catalog checks re-extract the marked messages (`_()` and `N_()`) from src/ with Babel, as `pybabel extract`
+does (see babel.cfg), so a new message without a Chinese translation fails here.
+"""
+
+from __future__ import annotations
+
+import gettext
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from torchlab import i18n
+from torchlab.cli import main
+
+babel_extract = pytest.importorskip("babel.messages.extract")
+from babel.messages.pofile import read_po  # noqa: E402
+
+SRC = Path(i18n.__file__).parent
+PO = i18n.LOCALE_DIR / "zh" / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
+MO = PO.with_suffix(".mo")
+POT = i18n.LOCALE_DIR / f"{i18n.DOMAIN}.pot"
+CJK = re.compile(r"[\u4e00-\u9fff]")
+LOCALE_VARIABLES = ("TORCHLAB_LANG", "LC_ALL", "LC_MESSAGES", "LANG")
+
+
+@pytest.fixture(autouse=True)
+def no_locale(monkeypatch):
+    """Each test starts from an environment that asks for no language (English), and leaves English behind."""
+    for name in LOCALE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    i18n.use("en")
+
+
+def marked_messages() -> set[str]:
+    """Every message marked in src/torchlab, as `pybabel extract -F babel.cfg -k _ -k N_` finds them."""
+    found = babel_extract.extract_from_dir(str(SRC), method_map=[("**.py", "python")],
+                                           keywords={"_": None, "N_": None})
+    return {message for _file, _line, message, _comments, _context in found if message}
+
+
+def catalog(path: Path) -> dict[str, str]:
+    with open(path, "rb") as fh:
+        return {m.id: m.string for m in read_po(fh) if m.id}
+
+
+def fields(message: str) -> list[str]:
+    """The named placeholders of a str.format message, in order of appearance, sorted."""
+    return sorted(name for _text, name, _spec, _conv in string.Formatter().parse(message) if name is not None)
+
+
+def test_every_marked_message_has_a_chinese_translation():
+    zh = catalog(PO)
+    missing = sorted(marked_messages() - set(zh))
+    assert not missing, f"not in {PO.name} (run the commands in babel.cfg, then translate): {missing}"
+    empty = sorted(m for m, s in zh.items() if not s.strip())
+    assert not empty, f"untranslated in {PO.name}: {empty}"
+
+
+def test_the_template_is_up_to_date():
+    assert set(catalog(POT)) == marked_messages(), "re-run pybabel extract (see babel.cfg)"
+
+
+def test_translations_keep_the_placeholders():
+    for msgid, msgstr in catalog(PO).items():
+        assert fields(msgstr) == fields(msgid), (msgid, msgstr)
+        assert msgstr.count("%") == msgid.count("%"), (msgid, msgstr)  # argparse's help is %-formatted
+
+
+def test_the_compiled_catalog_matches_the_po_file():
+    with open(MO, "rb") as fh:
+        compiled = gettext.GNUTranslations(fh)
+    stale = {m: s for m, s in catalog(PO).items() if compiled.gettext(m) != s}
+    assert not stale, f"run pybabel compile -D torchlab -d src/torchlab/locale -l zh: {sorted(stale)[:5]}"
+
+
+def test_language_from_flag_and_environment(capsys, monkeypatch):
+    assert main(["autograd"]) == 0
+    english = capsys.readouterr().out
+    assert not CJK.search(english) and "1. The forward pass records a graph" in english
+    assert main(["autograd", "--lang", "zh"]) == 0
+    chinese = capsys.readouterr().out
+    assert "前向传播" in chinese and "梯度" in chinese
+    assert main(["autograd"]) == 0  # no language is left over from the last call
+    assert capsys.readouterr().out == english
+    assert main(["--lang=en", "autograd"]) == 0
+    assert capsys.readouterr().out == english
+
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+    assert main(["autograd"]) == 0
+    assert capsys.readouterr().out == chinese
+    assert main(["autograd", "--lang", "en"]) == 0  # the flag wins over the locale
+    assert capsys.readouterr().out == english
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")  # POSIX: LC_ALL wins over LANG
+    assert main(["autograd"]) == 0
+    assert capsys.readouterr().out == english
+
+    monkeypatch.delenv("LC_ALL")
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.setenv("TORCHLAB_LANG", "zh")  # torchlab's own variable wins over the locale
+    assert main(["autograd"]) == 0
+    assert capsys.readouterr().out == chinese
+
+
+def test_json_output_is_the_same_in_both_languages(capsys):
+    assert main(["autograd", "--json"]) == 0
+    english = capsys.readouterr().out
+    assert main(["autograd", "--json", "--lang", "zh"]) == 0
+    assert capsys.readouterr().out == english
+
+
+def test_help_in_chinese(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--lang", "zh", "train", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "学习率" in out and "示例：" in out and "所有任务" in out and "选项" in out and "用法：" in out
+    with pytest.raises(SystemExit):
+        main(["--lang", "zh", "--help"])
+    out = capsys.readouterr().out
+    assert "一步步演示笔记中的自动求导" in out  # autograd's line in the list of commands
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert not CJK.search(out.replace("天上的云朵", "")) and "learning rate" in out
+
+
+@pytest.mark.parametrize("argv", [["linreg", "--steps", "0"], ["train", "fashion-mnist", "--epochs", "0"]])
+def test_errors_in_chinese_stay_one_line(capsys, argv):
+    assert main(argv) == 2
+    english = capsys.readouterr().err
+    assert english.startswith("torchlab: error: ") and english.count("\n") == 1
+    assert main(["--lang", "zh", *argv]) == 2
+    chinese = capsys.readouterr().err
+    assert chinese.startswith("torchlab：错误：") and chinese.count("\n") == 1 and "必须" in chinese
+
+
+def test_speaking_builds_english_for_a_while():
+    """What a run writes to its files (summary.json's error) stays English while the terminal speaks Chinese."""
+    i18n.use("zh")
+    assert i18n._("every task") == "所有任务"
+    with i18n.speaking("en"):
+        assert i18n._("every task") == "every task"
+    assert i18n._("every task") == "所有任务" and i18n.current == "zh"
+
+
+def test_from_environment():
+    assert i18n.from_environment({}) == "en"
+    assert i18n.from_environment({"LANG": "zh_TW.UTF-8"}) == "zh"
+    assert i18n.from_environment({"LC_MESSAGES": "en_GB.UTF-8", "LANG": "zh_CN.UTF-8"}) == "en"
+    assert i18n.from_environment({"TORCHLAB_LANG": "zh", "LC_ALL": "C"}) == "zh"
+    assert i18n.language_in(["train", "--lang=zh"]) == "zh" and i18n.language_in(["train"]) is None
