@@ -154,3 +154,67 @@ def test_from_environment():
     assert i18n.from_environment({"LC_MESSAGES": "en_GB.UTF-8", "LANG": "zh_CN.UTF-8"}) == "en"
     assert i18n.from_environment({"TORCHLAB_LANG": "zh", "LC_ALL": "C"}) == "zh"
     assert i18n.language_in(["train", "--lang=zh"]) == "zh" and i18n.language_in(["train"]) is None
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "missing.pt", "x.png"], "没有这个检查点"),
+    (["train", "lm", "--corpus", "no-such-corpus.txt"], "没有语料"),
+    (["conv-viz"], "只能且必须给出一个"),
+    (["tensorboard", "no-such-folder"], "没有这个目录"),
+])
+def test_user_errors_in_chinese_stay_one_line(capsys, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    english = capsys.readouterr().err
+    assert english.startswith("torchlab: error: ") and english.count("\n") == 1 and not CJK.search(english)
+    assert main(["--lang", "zh", *argv]) == 2
+    chinese = capsys.readouterr().err
+    assert chinese.startswith("torchlab：错误：") and chinese.count("\n") == 1 and words in chinese
+
+
+def test_runs_in_chinese(capsys, tmp_path):
+    from tests.conftest import TINY, write_dataset
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--lang", "zh", "runs", str(empty)]) == 2
+    assert "里面没有运行" in capsys.readouterr().err
+    data = write_dataset(tmp_path / "data")
+    argv = ["train", "fashion-mnist", "--data-dir", str(data), *TINY, "--run-dir", str(tmp_path / "runs" / "one")]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    english = capsys.readouterr().out
+    assert english.startswith("run ") and "best val" in english and not CJK.search(english)
+    assert main(["--lang", "zh", "runs", str(tmp_path / "runs")]) == 0
+    chinese = capsys.readouterr().out
+    header, rule = chinese.splitlines()[:2]
+    assert "运行" in header and "最佳验证" in header and "状态" in header
+    # Chinese characters take two columns: the last heading still starts above the last rule
+    assert runs_width(header[:header.index("状态")]) == rule.rindex(" ") + 1
+    assert main(["--lang", "zh", "runs", str(tmp_path / "runs"), "--json"]) == 0
+    assert main(["runs", str(tmp_path / "runs"), "--json"]) == 0
+    zh_json, en_json = capsys.readouterr().out.split("\n]\n", 1)
+    assert zh_json + "\n]\n" == en_json
+
+
+def runs_width(line: str) -> int:
+    from torchlab.commands.runs import shown_width
+
+    return shown_width(line)
+
+
+def test_generate_and_eval_text_in_chinese():
+    from torchlab.commands.evaluate import eval_text
+    from torchlab.commands.predict import steps_text
+
+    result = {"checkpoint": "best.pt", "task": "mnist", "model": "notes-cnn", "split": "test", "test_acc": 0.5,
+              "test_loss": 1.0, "count": 2, "per_class_acc": {"0": 1.0, "1": 0.0}, "confusion": [[1, 0], [1, 0]],
+              "confusion_png": "c.png"}
+    english = eval_text(result)
+    assert english.startswith("best.pt (mnist, notes-cnn): test accuracy 50.00% on 2 images, loss 1.0000")
+    assert "per-class accuracy:" in english and english.endswith("confusion matrix image: c.png")
+    i18n.use("zh")
+    chinese = eval_text(result)
+    assert "准确率 50.00%" in chinese and "混淆矩阵图像：c.png" in chinese
+    assert steps_text({"inverted": True, "inversion": "light background"}) == "  [已反相（light background）]"

@@ -29,6 +29,7 @@ from torchlab.data.images import open_image, tensor_image
 from torchlab.data.photo import PhotoOptions
 from torchlab.data.text import join_words, tokenize
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.models.registry import CLASSIFIER, LANGUAGE_MODEL, from_checkpoint, kind_of, require_kind
 from torchlab.models.sampling import continue_text, next_tokens
 from torchlab.runtime import pick_device
@@ -61,16 +62,17 @@ def train(task: str | None = None, *, config: str | None = None, resume: str | P
     ckpt, run_dir = None, None
     if resume is not None:
         if config:
-            raise UserError("--config cannot be combined with --resume", "a resumed run keeps its saved settings")
+            raise UserError(_("--config cannot be combined with --resume"), _("a resumed run keeps its saved settings"))
         ckpt = checkpoint.load(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
         cfg, run_dir = resumed(ckpt["task"], ckpt["train_config"], settings), Path(ckpt["path"]).parent
     else:
         if task is None and not config:
-            raise UserError("train: name a task (" + ", ".join(TASKS) + ") or --resume RUN_DIR",
-                            "e.g. `torchlab train fashion-mnist`")
+            raise UserError(_("train: name a task ({tasks}) or --resume RUN_DIR").format(tasks=", ".join(TASKS)),
+                            _("e.g. `torchlab train fashion-mnist`"))
         cfg = resolve({**settings, **({"task": task} if task else {})}, config)
         if cfg.task not in TASKS:
-            raise UserError(f"train: unknown task {cfg.task!r}", "choose one of: " + ", ".join(TASKS))
+            raise UserError(_("train: unknown task {task}").format(task=repr(cfg.task)),
+                            _("choose one of: {names}").format(names=", ".join(TASKS)))
     with distributed.start(pick_device(cfg.device)) as world:
         if not world.main:
             logger.QUIET = True  # rank 0 speaks for all; errors are still printed, with their rank
@@ -102,7 +104,7 @@ class Classifier:
         [0, 1] or uint8; a [N, C, H, W] tensor is N images). `show` saves the model-sized inputs as one PNG.
         """
         if violation(top_k, lo=1):
-            raise UserError(f"top_k {top_k}: must be at least 1", "e.g. top_k=3")
+            raise UserError(_("top_k {top_k}: must be at least 1").format(top_k=top_k), _("e.g. top_k=3"))
         items = list(images) if isinstance(images, (list, tuple)) or is_batch(images) else [images]
         named = [as_image(item, i) for i, item in enumerate(items)]  # every item checked before any work
         results = predict_images(self.model, self.checkpoint, [img for _, img in named], [name for name, _ in named],
@@ -124,8 +126,8 @@ def as_image(item, i: int) -> tuple[str, Image.Image]:
         return f"image {i}", item
     if isinstance(item, torch.Tensor):
         return f"tensor {i}", tensor_image(item, f"images[{i}]")
-    raise UserError(f"images[{i}]: a {type(item).__name__}, not a path, PIL image or tensor",
-                    "pass file paths, PIL images or image tensors")
+    raise UserError(_("images[{i}]: a {type}, not a path, PIL image or tensor").format(i=i, type=type(item).__name__),
+                    _("pass file paths, PIL images or image tensors"))
 
 
 class TextModel:
@@ -138,7 +140,7 @@ class TextModel:
     def encode(self, prompt: str) -> tuple[list[str], list[int], list[str]]:
         """The prompt's tokens, their ids and the tokens the vocabulary lacks (read as <unk>)."""
         if not prompt.strip():
-            raise UserError("--prompt is empty", "give some text to continue, e.g. --prompt 'The Time'")
+            raise UserError(_("--prompt is empty"), _("give some text to continue, e.g. --prompt 'The Time'"))
         tokens = tokenize(prompt, self.vocab.level)
         return (tokens, *self.vocab.lookup(tokens))
 
@@ -148,7 +150,8 @@ class TextModel:
         (temperature 0: always the likeliest; top_k > 0: only among the k likeliest)."""
         for name, value, lo in (("tokens", tokens, 1), ("temperature", temperature, 0), ("top_k", top_k, 0)):
             if need := violation(value, lo=lo):
-                raise UserError(f"--{name.replace('_', '-')} {value}: must be {need}", "see `torchlab generate --help`")
+                raise UserError(_("--{option} {value}: must be {need}").format(option=name.replace('_', '-'), value=value, need=need),
+                                _("see `torchlab generate --help`"))
         words, ids, unknown = self.encode(prompt)
         new = [self.vocab.tokens[i] for i in continue_text(self.model, ids, tokens, temperature, top_k, seed,
                                                            self.device)]
@@ -158,8 +161,8 @@ class TextModel:
     def next_tokens(self, prompt: str, k: int = 5) -> dict:
         """{"prompt", "next": [{"token", "prob"}, ...], "unknown"}: the k likeliest next tokens."""
         if need := violation(k, lo=1):
-            raise UserError(f"--next {k}: must be {need}", "see `torchlab generate --help`")
-        _, ids, unknown = self.encode(prompt)
+            raise UserError(_("--next {k}: must be {need}").format(k=k, need=need), _("see `torchlab generate --help`"))
+        _words, ids, unknown = self.encode(prompt)
         top = [{"token": self.vocab.tokens[i], "prob": p} for i, p in next_tokens(self.model, ids, k, self.device)]
         return {"prompt": prompt, "next": top, "unknown": unknown}
 

@@ -227,7 +227,8 @@ def add_flag(group, f: dataclasses.Field, lm_default) -> None:
 
 def load_toml(path: str) -> dict[str, Any]:
     if tomllib is None:  # pragma: no cover
-        raise UserError(f"--config {path}: reading TOML needs Python 3.11 or the tomli package", "pip install tomli")
+        raise UserError(_("--config {path}: reading TOML needs Python 3.11 or the tomli package").format(path=path),
+                        _("pip install tomli"))
     try:
         with open(path, "rb") as fh:
             values = tomllib.load(fh)

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 DEFAULT_TIMEOUT_S = 300  # a collective that waits longer than this means a rank is gone or stuck
 
@@ -51,8 +52,9 @@ class World:
     def slice_of_batch(self, batch_size: int, what: str = "--batch-size") -> slice:
         """This rank's rows of a global batch, which must split evenly."""
         if batch_size % self.size:
-            raise UserError(f"{what} {batch_size}: the global batch must split evenly over {self.size} processes",
-                            f"use a multiple of {self.size}")
+            raise UserError(_("{what} {batch_size}: the global batch must split evenly over {size} processes")
+                            .format(what=what, batch_size=batch_size, size=self.size),
+                            _("use a multiple of {size}").format(size=self.size))
         per = batch_size // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
 
@@ -71,8 +73,8 @@ def device_for(name: str) -> str:
     w = from_env()
     if w.enabled and name in ("auto", "cuda") and torch.cuda.is_available():
         if w.local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {w.local_rank}: this machine has {torch.cuda.device_count()} GPUs",
-                            "start at most one process per GPU (torchrun --nproc-per-node)")
+            raise UserError(_("LOCAL_RANK {rank}: this machine has {gpus} GPUs").format(rank=w.local_rank, gpus=torch.cuda.device_count()),
+                            _("start at most one process per GPU (torchrun --nproc-per-node)"))
         return f"cuda:{w.local_rank}"
     return name
 
@@ -96,8 +98,8 @@ def start(device: torch.device):
     except (dist.DistBackendError, dist.DistError, RuntimeError) as e:
         if not is_collective_failure(e):
             raise
-        raise UserError(f"rank {w.rank}: another process stopped or stalled ({first_line(e)})",
-                        "see the other ranks' output; the last checkpoint is intact") from None
+        raise UserError(_("rank {rank}: another process stopped or stalled ({error})").format(rank=w.rank, error=first_line(e)),
+                        _("see the other ranks' output; the last checkpoint is intact")) from None
     finally:
         WORLD = World()
         dist.destroy_process_group()

@@ -86,8 +86,8 @@ def open_writer(run_dir):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # a bare machine (benchmarks/gpu.sh): train anyway, without the logs
-        say(f"warning: the tensorboard package is not installed, so {run_dir} gets no TensorBoard logs "
-            "(pip install tensorboard)")
+        say(_("warning: the tensorboard package is not installed, so {run_dir} gets no TensorBoard logs "
+              "(pip install tensorboard)").format(run_dir=run_dir))
         return Nothing()
     return SummaryWriter(log_dir=str(run_dir))
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 COMMAND = ""  # the command line of this process, set by the CLI
 STATUSES = ("finished", "max-steps", "interrupted", "failed", "running")
@@ -72,7 +73,7 @@ def read(run_dir: Path) -> dict:
     except FileNotFoundError:
         summary = {"status": "running"}  # a run from before summaries were written at the start
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable summary ({e})", "the run directory is damaged") from None
+        raise UserError(_("{path}: not a readable summary ({error})").format(path=path, error=e), _("the run directory is damaged")) from None
     status = summary.get("status", "running")
     if status == "running" and not alive(summary):
         status = "interrupted"  # killed without a chance to say so
@@ -118,7 +119,7 @@ def find(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     the way (foreign)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"{root}: no such directory", "give the folder that holds your runs, e.g. runs")
+        raise UserError(_("{root}: no such directory").format(root=root), _("give the folder that holds your runs, e.g. runs"))
     if is_run(root):
         return [root], [], []
     runs, demos, foreign = [], [], []
@@ -126,7 +127,7 @@ def find(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
         if is_run(path):
             runs.append(path)
             continue
-        inner, inner_demos, _ = find(path) if not path.is_symlink() else ([], [], [])
+        inner, inner_demos, _foreign = find(path) if not path.is_symlink() else ([], [], [])
         runs += inner
         demos += inner_demos
         if not inner and not inner_demos:  # a demo may log into a folder of runs (image --logdir runs)

@@ -27,6 +27,7 @@ import torch
 
 from torchlab import distributed, hardware
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 MIN_STEPS = 200  # shorter runs are not worth a measurement
 COMPILE_MIN_SECONDS = 300.0  # compile takes 20-60 s on a small CPU: shorter runs hardly ever win it back
@@ -45,7 +46,8 @@ def pick_device(name: str | torch.device) -> torch.device:
     if name == "auto":
         return torch.device(next(kind for kind, ok in available.items() if ok))
     if not available.get(name, False):
-        raise UserError(f"--device {name}: not available on this machine", "use --device auto or --device cpu")
+        raise UserError(_("--device {name}: not available on this machine").format(name=name),
+                        _("use --device auto or --device cpu"))
     return torch.device(name)
 
 
@@ -200,8 +202,8 @@ def tune(device: torch.device, space: list[Runtime], work: Workload, known: dict
         if todo and not announced:
             from torchlab.logger import say
 
-            say(f"measuring the fastest settings for {work.name} on {hardware.device_name(device)} "
-                f"(once; cached in {hardware.cache_file()})")
+            say(_("measuring the fastest settings for {work} on {device} (once; cached in {cache})")
+                .format(work=work.name, device=hardware.device_name(device), cache=hardware.cache_file()))
             announced = True
         known = {**known, **measure(work, todo)}
         timed = [r for r in batch if known.get(r.label(), {}).get("rate")]
@@ -230,7 +232,7 @@ def measure(work: Workload, runtimes: list[Runtime]) -> dict:
         result[rt.label()] = {"rate": work.items_per_step / step, "warmup": warmup}
     if errors and not runs:
         raise errors[0]
-    for _ in range(ROUNDS):
+    for _round in range(ROUNDS):
         for label, (rt, run, steps) in runs.items():
             with rt.threads_set():
                 rate = steps * work.items_per_step / timed(run, steps)

@@ -27,6 +27,7 @@ from torchlab.data.text import Vocab
 from torchlab.data.vision import eval_loader
 from torchlab.engine import evaluate, per_class_accuracy
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import confusion_figure, save_figure
 from torchlab.models.registry import CLASSIFIER, LANGUAGE_MODEL, from_checkpoint, require_kind
 from torchlab.runtime import for_scoring, pick_device
@@ -83,8 +84,9 @@ def language_model(ckpt: dict, device: torch.device, command: str = "generate") 
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{ckpt['path']}: not a usable language-model checkpoint ({str(e).splitlines()[0][:120]})",
-                        "use a checkpoint written by `torchlab train lm`") from None
+        raise UserError(_("{path}: not a usable language-model checkpoint ({error})")
+                        .format(path=ckpt['path'], error=str(e).splitlines()[0][:120]),
+                        _("use a checkpoint written by `torchlab train lm`")) from None
     return model, vocab
 
 
@@ -100,12 +102,15 @@ def scoring_setup(ckpt: dict, data_dir: str | None, device_name: str):
     device = pick_device(device_name)
     cfg = ckpt.get("train_config", {})
     if ckpt["task"] not in catalog.NAMES:
-        raise UserError(f"{ckpt['path']}: checkpoint is for task {ckpt['task']!r}, which `eval` cannot score",
-                        "tasks: " + ", ".join(catalog.NAMES))
+        raise UserError(_("{path}: checkpoint is for task {task}, which `eval` cannot score")
+                        .format(path=ckpt['path'], task=repr(ckpt['task'])),
+                        _("tasks: {tasks}").format(tasks=", ".join(catalog.NAMES)))
     channels = ckpt["model_config"].get("in_channels")
     if channels != catalog.CHANNELS[ckpt["task"]]:
-        raise UserError(f"{ckpt['path']}: a model for {channels}-channel images cannot score {ckpt['task']} "
-                        f"({catalog.CHANNELS[ckpt['task']]}-channel)", "the checkpoint's task and weights disagree")
+        raise UserError(_("{path}: a model for {channels}-channel images cannot score {task} ({needed}-channel)")
+                        .format(path=ckpt['path'], channels=channels, task=ckpt['task'],
+                                needed=catalog.CHANNELS[ckpt['task']]),
+                        _("the checkpoint's task and weights disagree"))
     info = catalog.load(ckpt["task"], data_dir or cfg.get("data_dir") or None,
                         size=ckpt["model_config"].get("image_size", 96), val_fraction=cfg.get("val_fraction", 0.2),
                         seed=cfg.get("seed", 0))
@@ -131,14 +136,15 @@ def score_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_s
 def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batch_size: int, out: str | None) -> dict:
     """Score a checkpoint on the whole test split of its task and write the confusion-matrix PNG."""
     if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1", "e.g. --batch-size 1000")
-    result, split, _, source = score_checkpoint(ckpt, data_dir, device_name, batch_size)
+        raise UserError(_("--batch-size {size}: must be at least 1").format(size=batch_size), _("e.g. --batch-size 1000"))
+    result, split, _count, source = score_checkpoint(ckpt, data_dir, device_name, batch_size)
     path = Path(ckpt["path"])
     png = Path(out) if out else path.with_name(f"{path.stem}-confusion.png")
     try:
         save_figure(confusion_figure(result["confusion"], ckpt["classes"], f"{ckpt['task']} {split}: {path.name}"), png)
     except OSError as e:
-        raise UserError(f"--out {png}: cannot write ({e.strerror})", "pass --out with a writable path") from None
+        raise UserError(_("--out {path}: cannot write ({error})").format(path=png, error=e.strerror),
+                        _("pass --out with a writable path")) from None
     per_class = dict(zip(ckpt["classes"], per_class_accuracy(result["confusion"])))
     return {"checkpoint": str(path), "task": ckpt["task"], "model": ckpt["model_name"], "source": source, "split": split,
             f"{split}_acc": result["acc"], f"{split}_loss": result["loss"], "count": result["count"],
@@ -147,7 +153,7 @@ def evaluate_checkpoint(ckpt: dict, data_dir: str | None, device_name: str, batc
 
 def full_test_accuracy(ckpt: dict, data_dir: str | None, device_name: str) -> float:
     """The checkpoint's accuracy on its whole test split, scored as `torchlab eval` scores it."""
-    result, *_ = score_checkpoint(ckpt, data_dir, device_name, 256)
+    result, *_rest = score_checkpoint(ckpt, data_dir, device_name, 256)
     return result["acc"]
 
 
@@ -161,10 +167,10 @@ def sample(count: int, total: int, seed: int) -> torch.Tensor:
 
 def check_corruptions(ckpt: dict, count: int) -> None:
     if ckpt["task"] not in catalog.NAMES or catalog.CHANNELS[ckpt["task"]] != 1:
-        raise UserError(f"{ckpt['path']}: --corruptions needs a grayscale image classifier, not {ckpt['task']!r}",
-                        "train one on fashion-mnist or mnist")
+        raise UserError(_("{path}: --corruptions needs a grayscale image classifier, not {task}")
+                        .format(path=ckpt['path'], task=repr(ckpt['task'])), _("train one on fashion-mnist or mnist"))
     if count < 1:
-        raise UserError(f"--images {count}: must be at least 1", "e.g. --images 1000")
+        raise UserError(_("--images {count}: must be at least 1").format(count=count), _("e.g. --images 1000"))
 
 
 def corrupted_inputs(ckpt: dict, x, seed: int, options: PhotoOptions, names) -> dict:
@@ -207,15 +213,21 @@ def corruption_table(ckpt: dict, data_dir: str | None, device_name: str, count: 
 
 def table_text(r: dict) -> str:
     """The corruption table as `torchlab eval --corruptions` and benchmarks/robustness.py print it."""
-    head = f"{'corruption':<12}" + "".join(f"{'severity ' + str(s):>12}" for s in SEVERITIES) + f"{'mean':>8}"
-    lines = [f"{r['checkpoint']} ({r['task']}, {r['model']}): {r['images']} {r['split']} images, seed {r['seed']}, "
-             "each read as `torchlab predict` reads a photo", head, f"{'clean':<12}{r['clean_acc']:>12.2%}"]
+    corruption, severity, mean, clean = _("corruption"), _("severity {s}"), _("mean"), _("clean")
+    head = f"{corruption:<12}" + "".join(f"{severity.format(s=s):>12}" for s in SEVERITIES) + f"{mean:>8}"
+    lines = [_("{checkpoint} ({task}, {model}): {images} {split} images, seed {seed}, each read as `torchlab predict` "
+               "reads a photo").format(checkpoint=r['checkpoint'], task=r['task'], model=r['model'], images=r['images'],
+                                       split=r['split'], seed=r['seed']),
+             head, f"{clean:<12}{r['clean_acc']:>12.2%}"]
     for name, accs in r["corruptions"].items():
         lines.append(f"{name:<12}" + "".join(f"{a:>12.2%}" for a in accs) + f"{np.mean(accs):>8.2%}")
-    below = f"{abs(r['gap']) * 100:.2f} points {'below' if r['gap'] >= 0 else 'above'} clean"
-    lines.append(f"corruption accuracy {r['corruption_acc']:.2%} (mean of all), {below}; the worst at severity "
-                 f"{MIDDLE} is {r['worst_middle']}, {r['worst_middle_drop'] * 100:.2f} points below clean "
-                 f"({r['seconds']:.0f} s)")
+    below = (_("{points} points below clean") if r['gap'] >= 0 else _("{points} points above clean")) \
+        .format(points=f"{abs(r['gap']) * 100:.2f}")
+    lines.append(_("corruption accuracy {acc} (mean of all), {below}; the worst at severity {middle} is {worst}, "
+                   "{drop} points below clean ({seconds} s)")
+                 .format(acc=f"{r['corruption_acc']:.2%}", below=below, middle=MIDDLE, worst=r['worst_middle'],
+                         drop=f"{r['worst_middle_drop'] * 100:.2f}", seconds=f"{r['seconds']:.0f}"))
     if "test_acc" in r:
-        lines.append(f"whole {r['split']} split, clean, as `torchlab eval` scores it: {r['test_acc']:.2%}")
+        lines.append(_("whole {split} split, clean, as `torchlab eval` scores it: {acc}")
+                     .format(split=r['split'], acc=f"{r['test_acc']:.2%}"))
     return "\n".join(lines)

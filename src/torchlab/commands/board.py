@@ -55,10 +55,11 @@ def start(logdir: Path, host: str, port: int, wait: float):
             if proc.poll() is not None:
                 log.seek(0)
                 last = (log.read().strip().splitlines() or ["no output"])[-1]
-                raise UserError(f"tensorboard exited before serving ({last})",
-                                "pip install tensorboard, or choose another --port")
+                raise UserError(_("tensorboard exited before serving ({last})").format(last=last),
+                                _("pip install tensorboard, or choose another --port"))
             if time.monotonic() > deadline:
-                raise UserError(f"tensorboard did not answer on {url} within {wait:.0f} s", "try a larger --wait")
+                raise UserError(_("tensorboard did not answer on {url} within {wait} s").format(url=url, wait=f"{wait:.0f}"),
+                                _("try a larger --wait"))
             time.sleep(0.3)
     except BaseException:  # an error, Ctrl-C or SIGTERM while waiting: the server goes too
         procs.stop(proc)
@@ -69,16 +70,16 @@ def start(logdir: Path, host: str, port: int, wait: float):
 def run(args) -> int:
     logdir = Path(args.dir)
     if not logdir.is_dir():
-        raise UserError(f"{logdir}: no such directory", "give the folder your runs are in, e.g. runs")
+        raise UserError(_("{logdir}: no such directory").format(logdir=logdir), _("give the folder your runs are in, e.g. runs"))
     if not 0 <= args.port < 65536:
-        raise UserError(f"--port {args.port}: not a port", "use 1-65535, or leave it out for a free one")
+        raise UserError(_("--port {port}: not a port").format(port=args.port), _("use 1-65535, or leave it out for a free one"))
     port = args.port or free_port(args.host)
     with procs.terminate_raises():  # SIGTERM stops TensorBoard as Ctrl-C does
         proc = None
         try:
             proc, url = start(logdir, args.host, port, args.wait)
             print(f"TensorBoard on {logdir}: {url}", flush=True)
-            say("Ctrl-C stops it")
+            say(_("Ctrl-C stops it"))
             return proc.wait()
         except KeyboardInterrupt:
             return 0

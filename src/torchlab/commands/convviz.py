@@ -100,7 +100,8 @@ def load_dataset(name: str, data_dir: str | None, count: int) -> tuple[torch.Ten
     from torchlab.data import catalog
 
     if name not in dataset_names():
-        raise UserError(f"--dataset {name}: unknown dataset", "choose one of: " + ", ".join(dataset_names()))
+        raise UserError(_("--dataset {name}: unknown dataset").format(name=name),
+                        _("choose one of: {names}").format(names=", ".join(dataset_names())))
     images, source = catalog.load_train_images(name, data_dir)  # uint8 [N, C, H, W]
     return images[:count].float() / 255, f"{min(count, len(images))} images of {name} ({source})"
 
@@ -111,10 +112,11 @@ def match_channels(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str
     if c == in_channels:
         return x, ""
     if c == 3 and in_channels == 1:
-        return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True), "converted RGB -> L (1-channel layer)"
+        return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True), _("converted RGB -> L (1-channel layer)")
     if c == 1 and in_channels == 3:
-        return x.repeat(1, 3, 1, 1), "converted L -> RGB by repeating the channel (3-channel layer)"
-    raise UserError(f"the images have {c} channels but the layer expects {in_channels}", "use other images")
+        return x.repeat(1, 3, 1, 1), _("converted L -> RGB by repeating the channel (3-channel layer)")
+    raise UserError(_("the images have {c} channels but the layer expects {expected}").format(c=c, expected=in_channels),
+                    _("use other images"))
 
 
 def layer_from_checkpoint(path: str, args) -> tuple[nn.Conv2d, tuple, tuple]:
@@ -123,16 +125,17 @@ def layer_from_checkpoint(path: str, args) -> tuple[nn.Conv2d, tuple, tuple]:
     model = from_checkpoint(ckpt, torch.device("cpu"))
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None or conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
-        raise UserError(f"{ckpt['path']}: model {ckpt['model_name']!r} has no plain first nn.Conv2d", "use another checkpoint")
+        raise UserError(_("{path}: model {model} has no plain first nn.Conv2d").format(path=ckpt['path'], model=repr(ckpt['model_name'])),
+                        _("use another checkpoint"))
     layer = {"--out-channels": conv.out_channels, "--kernel-size": conv.kernel_size[0],
              "--stride": conv.stride[0], "--padding": conv.padding[0]}
     for flag, value in layer.items():
         given = getattr(args, flag[2:].replace("-", "_"))
         if given is not None and given != value:
-            raise UserError(f"{flag} {given}: the checkpoint's first conv layer has {value}",
-                            f"drop {flag} when using --checkpoint")
-    say(f"using the first nn.Conv2d of {ckpt['path']} ({ckpt['model_name']}): "
-        + ", ".join(f"{k[2:]} {v}" for k, v in layer.items()) + " come from the layer")
+            raise UserError(_("{flag} {given}: the checkpoint's first conv layer has {value}").format(flag=flag, given=given, value=value),
+                            _("drop {flag} when using --checkpoint").format(flag=flag))
+    say(_("using the first nn.Conv2d of {path} ({model}): {settings} come from the layer")
+        .format(path=ckpt['path'], model=ckpt['model_name'], settings=", ".join(f"{k[2:]} {v}" for k, v in layer.items())))
     return conv, tuple(ckpt["mean"]), tuple(ckpt["std"])
 
 
@@ -146,21 +149,23 @@ def random_layer(in_channels: int, args) -> nn.Conv2d:
 
 def check_flags(args) -> None:
     if (args.dataset is None) == (args.images is None):
-        raise UserError("conv-viz: pass exactly one of --dataset NAME or --images DIR",
-                        "e.g. `torchlab conv-viz --dataset fashion-mnist`")
+        raise UserError(_("conv-viz: pass exactly one of --dataset NAME or --images DIR"),
+                        _("e.g. `torchlab conv-viz --dataset fashion-mnist`"))
     if args.dataset is not None and args.size is not None:
-        raise UserError("--size works with --images only", "dataset images keep their size")
+        raise UserError(_("--size works with --images only"), _("dataset images keep their size"))
 
 
 def check_fits(h: int, w: int, conv: nn.Conv2d, pool: int, from_ckpt: bool) -> None:
     """Refuse settings whose output would be empty, naming the flag to change."""
     k, p = conv.kernel_size[0], conv.padding[0]
     if k > min(h, w) + 2 * p:
-        raise UserError(f"--kernel-size {k} is larger than the padded input ({min(h, w)} + 2*{p} = {min(h, w) + 2 * p})",
-                        "use larger images (--size)" if from_ckpt else "use a smaller --kernel-size or more --padding")
+        raise UserError(_("--kernel-size {k} is larger than the padded input ({side} + 2*{p} = {padded})")
+                        .format(k=k, side=min(h, w), p=p, padded=min(h, w) + 2 * p),
+                        _("use larger images (--size)") if from_ckpt else _("use a smaller --kernel-size or more --padding"))
     oh, ow = output_size(h, w, conv.kernel_size, conv.stride, conv.padding)
     if pool > min(oh, ow):
-        raise UserError(f"--pool {pool} is larger than the convolution's {oh}x{ow} output", f"use --pool {min(oh, ow)} or less")
+        raise UserError(_("--pool {pool} is larger than the convolution's {oh}x{ow} output").format(pool=pool, oh=oh, ow=ow),
+                        _("use --pool {most} or less").format(most=min(oh, ow)))
 
 
 def scale01(t: torch.Tensor) -> torch.Tensor:

@@ -31,11 +31,14 @@ def eval_text(r: dict) -> str:
     from torchlab.logger import format_confusion
 
     split = r["split"]
-    lines = [f"{r['checkpoint']} ({r['task']}, {r['model']}): {split} accuracy {r[split + '_acc']:.2%} "
-             f"on {r['count']} images, loss {r[split + '_loss']:.4f}", "per-class accuracy:"]
+    lines = [_("{checkpoint} ({task}, {model}): {split} accuracy {acc} on {count} images, loss {loss}")
+             .format(checkpoint=r['checkpoint'], task=r['task'], model=r['model'], split=split,
+                     acc=f"{r[split + '_acc']:.2%}", count=r['count'], loss=f"{r[split + '_loss']:.4f}"),
+             _("per-class accuracy:")]
     lines += [f"  {name:<12} {acc:.2%}" for name, acc in r["per_class_acc"].items()]
-    lines += ["confusion matrix (rows: true class, columns: predicted):", format_confusion(torch.tensor(r["confusion"]), list(r["per_class_acc"])),
-              f"confusion matrix image: {r['confusion_png']}"]
+    lines += [_("confusion matrix (rows: true class, columns: predicted):"),
+              format_confusion(torch.tensor(r["confusion"]), list(r["per_class_acc"])),
+              _("confusion matrix image: {path}").format(path=r['confusion_png'])]
     return "\n".join(lines)
 
 

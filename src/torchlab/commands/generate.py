@@ -43,11 +43,12 @@ def run(args) -> int:
     result = model.next_tokens(args.prompt, args.next) if args.next is not None else \
         model.generate(args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
     if result["unknown"]:
-        say(f"warning: not in the vocabulary, read as {UNK}: " + " ".join(repr(t) for t in result["unknown"][:20]))
+        say(_("warning: not in the vocabulary, read as {unk}: {tokens}")
+            .format(unk=UNK, tokens=" ".join(repr(t) for t in result["unknown"][:20])))
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
     elif args.next is not None:
-        print(f"after {args.prompt!r}, the most likely next tokens:")
+        print(_("after {prompt}, the most likely next tokens:").format(prompt=repr(args.prompt)))
         print("\n".join(f"  {t['token']!r:<12} {t['prob']:.2%}" for t in result["next"]))
     else:
         print(result["text"])

@@ -49,8 +49,8 @@ def run(args) -> int:
         log_images(Path(args.logdir), images, tag_names(args.paths))
     print(json.dumps(reports, indent=2) if args.json else "\n".join(map(report_text, reports)) + "\n" + _(LAYOUT))
     if args.logdir:
-        say(f"logged {len(images)} image(s) to {args.logdir} (tags image/<name>/array, image/<name>/tensor, "
-            f"images/batch); view them with: torchlab tensorboard {args.logdir}")
+        say(_("logged {count} image(s) to {logdir} (tags image/<name>/array, image/<name>/tensor, images/batch); "
+              "view them with: torchlab tensorboard {logdir}").format(count=len(images), logdir=args.logdir))
     return 0
 
 
@@ -195,7 +195,8 @@ def log_images(logdir: Path, images: list[Image.Image], names: list[str]) -> Non
     try:
         logdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--logdir {logdir}: cannot create ({e.strerror})", "choose a writable folder") from None
+        raise UserError(_("--logdir {logdir}: cannot create ({error})").format(logdir=logdir, error=e.strerror),
+                        _("choose a writable folder")) from None
     if not runinfo.is_run(logdir):  # `torchlab runs`: a demo's logs, not a run (a run's folder stays a run)
         runinfo.write_demo(logdir, "image")
     writer = open_writer(logdir)  # a new event file: an existing logdir keeps its old runs

@@ -36,11 +36,12 @@ def run(args) -> int:
         print(json.dumps(images + texts, indent=2))
         return 0
     w = max(len(r["name"]) for r in images + texts)
-    print(f"{'model':<{w}} {'params':>9} {'MACs/image':>12}  description (for 1x28x28 inputs, 10 classes)")
+    model, params = _("model"), _("params")
+    print(f"{model:<{w}} {params:>9} {'MACs/image':>12}  " + _("description (for 1x28x28 inputs, 10 classes)"))
     for r in images:
         print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
-    print(f"\n{'model':<{w}} {'params':>9} {'MACs/token':>12}  description (language models, for a "
-          f"{DEFAULT_VOCAB}-token vocabulary)")
+    print(f"\n{model:<{w}} {params:>9} {'MACs/token':>12}  "
+          + _("description (language models, for a {vocab}-token vocabulary)").format(vocab=DEFAULT_VOCAB))
     for r in texts:
         print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
     return 0

@@ -23,18 +23,18 @@ def inversion_text(steps: dict) -> str:
     """Whether the image was negated and why, said either way: a wrong guess shows the model the negative of
     what it was trained on, and `--invert yes|no` overrides it."""
     if "inverted" not in steps:  # colour models read photos as their evaluation did
-        return "not inverted (colour model)"
-    return f"{'inverted' if steps['inverted'] else 'not inverted'} ({steps.get('inversion', '?')})"
+        return _("not inverted (colour model)")
+    return (_("inverted ({why})") if steps['inverted'] else _("not inverted ({why})")).format(why=steps.get('inversion', '?'))
 
 
 def steps_text(steps: dict) -> str:
     """One short note of what preprocessing did, for the text output (the JSON has every detail)."""
     done = [inversion_text(steps)]
     if steps.get("levels", {}).get("applied"):
-        done.append(f"background {steps['levels']['background']:.2f} -> 0")
+        done.append(_("background {level} -> 0").format(level=f"{steps['levels']['background']:.2f}"))
     if steps.get("frame", {}).get("applied"):
         left, top, right, bottom = steps["frame"]["item_box"]
-        done.append(f"item {right - left}x{bottom - top} px framed")
+        done.append(_("item {w}x{h} px framed").format(w=right - left, h=bottom - top))
     return f"  [{'; '.join(done)}]"
 
 
@@ -52,5 +52,6 @@ def run(args) -> int:
         print(r["image"] + ": " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"])
               + steps_text(r["preprocessing"]))
     if args.show:
-        print(f"model input{'s' if len(results) > 1 else ''} saved to {args.show}")
+        print((_("model inputs saved to {path}") if len(results) > 1 else _("model input saved to {path}"))
+              .format(path=args.show))
     return 0

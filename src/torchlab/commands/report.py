@@ -274,7 +274,7 @@ def task_sections(ckpt, summary, data_dir, device, lm) -> list[tuple[str, str]]:
             return [("Generated samples", lm_samples(ckpt, cfg, device))]
         return classifier_sections(ckpt, summary, data_dir, device)
     except UserError as e:
-        say(f"warning: report without the test-set sections: {e}")
+        say(_("warning: report without the test-set sections: {error}").format(error=e))
         return [("Test set", f'<p class="note">Left out: {html.escape(str(e))}. Point --data-dir at the data.</p>')]
 
 
@@ -282,22 +282,22 @@ def target_path(run_dir: Path, out: str | None) -> Path:
     """Where to write; an existing file is replaced only when it is an earlier torchlab report."""
     path = Path(out) if out else run_dir / "report.html"
     if path.is_dir():
-        raise UserError(f"--out {path}: is a directory", "give a file name, e.g. --out report.html")
+        raise UserError(_("--out {path}: is a directory").format(path=path), _("give a file name, e.g. --out report.html"))
     if path.exists():
         try:
             ours = html.GENERATOR in path.read_text(encoding="utf-8", errors="replace")[:600]
         except OSError:
             ours = False
         if not ours:
-            raise UserError(f"--out {path}: exists and is not a torchlab report", "choose another --out")
+            raise UserError(_("--out {path}: exists and is not a torchlab report").format(path=path), _("choose another --out"))
     return path
 
 
 def run(args) -> int:
     run_dir = Path(args.run_dir)
     if not runinfo.is_run(run_dir):
-        raise UserError(f"{run_dir}: not a run directory (no config.toml with summary.json or last.pt)",
-                        "give a folder written by `torchlab train`; `torchlab runs` lists them")
+        raise UserError(_("{run_dir}: not a run directory (no config.toml with summary.json or last.pt)").format(run_dir=run_dir),
+                        _("give a folder written by `torchlab train`; `torchlab runs` lists them"))
     path = target_path(run_dir, args.out)
     page = build(run_dir, args.data_dir, args.device)
     try:
@@ -305,8 +305,9 @@ def run(args) -> int:
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(path)
     except OSError as e:
-        raise UserError(f"--out {path}: cannot write ({e.strerror})", "choose a writable place with --out") from None
+        raise UserError(_("--out {path}: cannot write ({error})").format(path=path, error=e.strerror),
+                        _("choose a writable place with --out")) from None
     print(f"report: {path}")
     if args.open and not webbrowser.open(path.resolve().as_uri()):
-        say(f"no browser found here; open {path} yourself")
+        say(_("no browser found here; open {path} yourself").format(path=path))
     return 0

@@ -8,11 +8,12 @@ loaded, so listing hundreds of runs stays instant. The demos' log folders
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from torchlab import runinfo
 from torchlab.errors import UserError
-from torchlab.i18n import _
+from torchlab.i18n import N_, _
 from torchlab.logger import say
 
 COLUMNS = ("run", "task", "model", "epochs", "best_val", "test", "duration", "date", "status")
@@ -67,12 +68,26 @@ def cells(r: dict) -> list[str]:
             duration_text(r["duration"]), r["date"] or "-", r["status"]]
 
 
+HEADER = (N_("run"), N_("task"), N_("model"), N_("epochs"), N_("best val"), N_("test"), N_("duration"), N_("started"),
+          N_("status"))
+
+
+def shown_width(text: str) -> int:
+    """Columns `text` takes in a terminal: Chinese characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def table(rows: list[dict]) -> str:
-    header = ["run", "task", "model", "epochs", "best val", "test", "duration", "started", "status"]
+    header = [_(h) for h in HEADER]
     body = [cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    widths = [max(shown_width(line[i]) for line in [header, *body]) for i in range(len(header))]
     right = {3, 4, 5, 6}  # numbers line up on the right
-    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+
+    def padded(i: int, c: str, w: int) -> str:
+        space = " " * (w - shown_width(c))
+        return space + c if i in right else c + space
+
+    lines = ["  ".join(padded(i, c, w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in [header, *body]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
@@ -93,9 +108,12 @@ def names(paths: list[Path]) -> str:
 def continue_line(r: dict) -> str:
     """What to do about a run that can go on: a killed or interrupted one resumes, a --max-steps one finishes."""
     if r["ended"] == "max-steps":
-        return f"{r['run']} stopped at --max-steps after {runinfo.epochs_text(r)} epochs; finish it with: {r['resume']}"
-    how = "was killed" if r["ended"] == "running" else f"stopped ({r['ended']})"
-    return f"{r['run']} {how}; continue it with: {r['resume']}"
+        return _("{run} stopped at --max-steps after {epochs} epochs; finish it with: {resume}") \
+            .format(run=r['run'], epochs=runinfo.epochs_text(r), resume=r['resume'])
+    if r["ended"] == "running":
+        return _("{run} was killed; continue it with: {resume}").format(run=r['run'], resume=r['resume'])
+    return _("{run} stopped ({ended}); continue it with: {resume}").format(run=r['run'], ended=r['ended'],
+                                                                             resume=r['resume'])
 
 
 def run(args) -> int:
@@ -104,15 +122,17 @@ def run(args) -> int:
     rows = sort_rows([row(runinfo.read(p), root) for p in paths], args.sort, args.reverse)
     if demos:
         kinds = sorted({runinfo.demo_of(p) for p in demos})
-        say(f"not listed: {len(demos)} demo log folder(s) of {', '.join(kinds)} (no training run): {names(demos)}")
+        say(_("not listed: {count} demo log folder(s) of {kinds} (no training run): {names}")
+            .format(count=len(demos), kinds=', '.join(kinds), names=names(demos)))
     if foreign:
-        say(f"skipped {len(foreign)} folder(s) that hold no run: {names(foreign)}")
+        say(_("skipped {count} folder(s) that hold no run: {names}").format(count=len(foreign), names=names(foreign)))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        raise UserError(f"{root}: holds no runs", "train one with `torchlab train fashion-mnist --run-dir "
-                        f"{root}/first`, or give the folder your runs are in")
+        raise UserError(_("{root}: holds no runs").format(root=root),
+                        _("train one with `torchlab train fashion-mnist --run-dir {root}/first`, or give the folder "
+                          "your runs are in").format(root=root))
     print(table(rows))
     for r in rows:
         if r["resume"]:

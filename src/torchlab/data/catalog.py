@@ -21,6 +21,7 @@ from torchlab.data import cifar, folder
 from torchlab.data.locate import locate
 from torchlab.data.vision import DATASETS, Split, load_idx_dataset
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "image-folder")
 CHANNELS = {"fashion-mnist": 1, "mnist": 1, "cifar10": 3, "image-folder": 3}  # of the images each one yields
@@ -49,7 +50,8 @@ KNOWN_STATS = {name: (spec.mean, spec.std) for name, spec in DATASETS.items()} |
 
 def folder_root(name: str, data_dir: str | None) -> Path:
     if not data_dir:
-        raise UserError(f"{name} needs --data-dir DIR", "point it at a folder with one sub-folder of images per class")
+        raise UserError(_("{name} needs --data-dir DIR").format(name=name),
+                        _("point it at a folder with one sub-folder of images per class"))
     return Path(data_dir).expanduser()
 
 
@@ -70,7 +72,7 @@ def load(name: str, data_dir: str | None = None, *, size: int = 96, val_fraction
         mean, std = folder_stats(data.train.images)
         source = f"{root} ({data.layout}" + (f"; {data.skipped} non-image files skipped)" if data.skipped else ")")
         return Loaded(name, data.classes, mean, std, data.train, data.val, data.test, source, True, crop=size)
-    raise UserError(f"unknown dataset {name!r}", "choose one of: " + ", ".join(NAMES))
+    raise UserError(_("unknown dataset {name}").format(name=repr(name)), _("choose one of: {names}").format(names=", ".join(NAMES)))
 
 
 def folder_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

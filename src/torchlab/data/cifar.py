@@ -20,6 +20,7 @@ import torch
 
 from torchlab.data.locate import DatasetFiles
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 FILES = DatasetFiles("cifar10", "cifar-10-batches-py", (*TRAIN_BATCHES, "test_batch", "batches.meta"),
@@ -45,12 +46,13 @@ def read_pickle(path: Path) -> dict:
     try:
         obj = SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})", "check the file's permissions") from None
+        raise UserError(_("{path}: cannot read ({error})").format(path=path, error=e.strerror), _("check the file's permissions")) from None
     except Exception as e:  # truncated, not a pickle, or a pickle of something else
-        raise UserError(f"{path}: not a CIFAR-10 batch file ({type(e).__name__}: {e})",
-                        "re-download it, or delete it so torchvision fetches a fresh copy") from None
+        raise UserError(_("{path}: not a CIFAR-10 batch file ({type}: {error})").format(path=path, type=type(e).__name__, error=e),
+                        _("re-download it, or delete it so torchvision fetches a fresh copy")) from None
     if not isinstance(obj, dict):
-        raise UserError(f"{path}: not a CIFAR-10 batch file (holds a {type(obj).__name__})", "re-download it")
+        raise UserError(_("{path}: not a CIFAR-10 batch file (holds a {type})").format(path=path, type=type(obj).__name__),
+                        _("re-download it"))
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -59,16 +61,18 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     batch = read_pickle(path)
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise UserError(f"{path}: 'data' must be a uint8 array of shape [N, 3072]", "re-download the dataset")
+        raise UserError(_("{path}: 'data' must be a uint8 array of shape [N, 3072]").format(path=path),
+                        _("re-download the dataset"))
     if labels is None:
-        raise UserError(f"{path}: no labels for {len(data)} images", "re-download the dataset")
+        raise UserError(_("{path}: no labels for {images} images").format(path=path, images=len(data)),
+                        _("re-download the dataset"))
     if not isinstance(labels, list) or not all(type(v) is int for v in labels):
-        raise UserError(f"{path}: 'labels' must be a list of integers", "re-download the dataset")
+        raise UserError(_("{path}: 'labels' must be a list of integers").format(path=path), _("re-download the dataset"))
     if len(labels) != len(data):
-        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images",
-                        "re-download the dataset")
+        raise UserError(_("{path}: {labels} labels for {images} images").format(path=path, labels=len(labels), images=len(data)),
+                        _("re-download the dataset"))
     if any(not 0 <= v < len(CLASSES) for v in labels):
-        raise UserError(f"{path}: labels outside 0..9", "re-download the dataset")
+        raise UserError(_("{path}: labels outside 0..9").format(path=path), _("re-download the dataset"))
     labels = torch.tensor(labels, dtype=torch.int64)
     # Each row is channel-major (RRR..GGG..BBB), so a reshape gives CHW without copying pixels around.
     return torch.from_numpy(data.copy()).view(-1, 3, 32, 32), labels
@@ -77,7 +81,7 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def read_classes(path: Path) -> tuple[str, ...]:
     names = read_pickle(path).get("label_names")
     if not isinstance(names, list) or len(names) != len(CLASSES):
-        raise UserError(f"{path}: 'label_names' must list 10 class names", "re-download the dataset")
+        raise UserError(_("{path}: 'label_names' must list 10 class names").format(path=path), _("re-download the dataset"))
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 

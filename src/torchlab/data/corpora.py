@@ -27,6 +27,7 @@ from pathlib import Path
 from torchlab.data.locate import DatasetFiles, cache_root, local_sources, not_in_data_dir
 from torchlab.data.text import Splits, guess_language, read_text, split_documents, tokenize
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import tracked
 
 TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
@@ -54,7 +55,7 @@ def load_corpus(name_or_path: str, data_dir: str | None = None, script: str = "s
                 encoding: str = "utf-8", offline: bool = False) -> Corpus:
     """A built-in corpus by name ("timemachine", "tang") or a text file by path."""
     if script not in SCRIPTS:
-        raise UserError(f"unknown script {script!r}", "choose simplified or traditional")
+        raise UserError(_("unknown script {script}").format(script=repr(script)), _("choose simplified or traditional"))
     if name_or_path == "timemachine":
         path, source = locate_timemachine(data_dir, offline)
         return Corpus("timemachine", [read_text(path)], source, "en")
@@ -62,8 +63,8 @@ def load_corpus(name_or_path: str, data_dir: str | None = None, script: str = "s
         return load_tang(data_dir, script)
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        raise UserError(f"no corpus {name_or_path!r}: not a built-in and no such file",
-                        f"use one of {', '.join(BUILTIN)} or the path of a text file")
+        raise UserError(_("no corpus {name}: not a built-in and no such file").format(name=repr(name_or_path)),
+                        _("use one of {names} or the path of a text file").format(names=', '.join(BUILTIN)))
     text = read_text(path, encoding)
     return Corpus(path.stem, [text], str(path), guess_language(text))
 
@@ -120,8 +121,8 @@ def locate_timemachine(data_dir: str | None = None, offline: bool = False) -> tu
             return path, f"{path} (downloaded from {TIMEMACHINE_URL})"
     if not os.environ.get("TORCHLAB_DATA"):
         tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")
-    raise UserError("corpus timemachine not found; tried: " + "; ".join(tried),
-                    "pass --data-dir DIR or set TORCHLAB_DATA to a folder holding timemachine.txt")
+    raise UserError(_("corpus timemachine not found; tried: {tried}").format(tried="; ".join(tried)),
+                    _("pass --data-dir DIR or set TORCHLAB_DATA to a folder holding timemachine.txt"))
 
 
 def download_timemachine(folder: Path) -> Path:
@@ -165,8 +166,9 @@ def locate_tang(data_dir: str | None = None) -> tuple[list[Path], str]:
         return tang_files(folder), source
     if not os.environ.get("TORCHLAB_DATA"):
         tried.insert(0, "no --data-dir, no $TORCHLAB_DATA")
-    raise UserError("corpus tang (poet.tang.*.json) not found; tried: " + "; ".join(tried),
-                    f"it is not downloaded automatically: get it from {TANG_SOURCE}, then pass --data-dir")
+    raise UserError(_("corpus tang (poet.tang.*.json) not found; tried: {tried}").format(tried="; ".join(tried)),
+                    _("it is not downloaded automatically: get it from {source}, then pass --data-dir")
+                    .format(source=TANG_SOURCE))
 
 
 def poem_text(entry: object) -> str | None:
@@ -187,9 +189,10 @@ def read_poems(files: list[Path]) -> tuple[list[str], int]:
         try:
             entries = json.loads(read_text(path))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON: {e}", "re-download the chinese-poetry files") from None
+            raise UserError(_("{path} is not valid JSON: {error}").format(path=path, error=e),
+                                _("re-download the chinese-poetry files")) from None
         if not isinstance(entries, list):
-            raise UserError(f"{path} holds no list of poems", "re-download the chinese-poetry files")
+            raise UserError(_("{path} holds no list of poems").format(path=path), _("re-download the chinese-poetry files"))
         for entry in entries:
             text = poem_text(entry)
             if text is None:
@@ -222,8 +225,8 @@ def to_simplified(documents: list[str], chunk_chars: int = 1 << 20) -> list[str]
     try:
         import opencc
     except ImportError:
-        raise UserError("converting to simplified characters needs the opencc package",
-                        "pip install opencc, or pass --script traditional") from None
+        raise UserError(_("converting to simplified characters needs the opencc package"),
+                        _("pip install opencc, or pass --script traditional")) from None
     converter = opencc.OpenCC("t2s")
     out = [line + "\n" for chunk in _chunks(documents, chunk_chars)
            for line in converter.convert(chunk).split("\n")[:-1]]  # each chunk ends with "\n"
@@ -236,7 +239,8 @@ def load_tang(data_dir: str | None = None, script: str = "simplified") -> Corpus
     files, source = locate_tang(data_dir)
     poems, skipped = read_poems(files)
     if not poems:
-        raise UserError(f"no poems in {len(files)} file(s) at {source}", "re-download the chinese-poetry files")
+        raise UserError(_("no poems in {count} file(s) at {source}").format(count=len(files), source=source),
+                        _("re-download the chinese-poetry files"))
     if script == "simplified":
         poems = to_simplified(poems)
     return Corpus("tang", poems, source, "zh", skipped)

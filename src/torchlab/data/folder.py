@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from torchlab.data.vision import Split, centre_crop
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.logger import tracked
 
 
@@ -41,10 +42,11 @@ class FolderData:
 
 def class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
-        raise UserError(f"--data-dir {root}: not a folder", "point it at a folder of class sub-folders")
+        raise UserError(_("--data-dir {root}: not a folder").format(root=root), _("point it at a folder of class sub-folders"))
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise UserError(f"--data-dir {root}: no class sub-folders", "put the images of each class in their own sub-folder")
+        raise UserError(_("--data-dir {root}: no class sub-folders").format(root=root),
+                        _("put the images of each class in their own sub-folder"))
     return folders
 
 
@@ -90,8 +92,9 @@ def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) ->
     folders = class_folders(root)
     names = tuple(f.name for f in folders)
     if classes is not None and names != classes:
-        raise UserError(f"{root}: classes {', '.join(names)} differ from the training classes {', '.join(classes)}",
-                        "give every split the same class sub-folders")
+        raise UserError(_("{root}: classes {names} differ from the training classes {classes}")
+                        .format(root=root, names=', '.join(names), classes=', '.join(classes)),
+                        _("give every split the same class sub-folders"))
     files = [(label, path) for label, folder in enumerate(folders) for path in image_files(folder)]
     images, labels, skipped = [], [], 0
     for label, path in tracked(files, f"decoding {root.name}", "img"):
@@ -104,7 +107,8 @@ def read_split(root: Path, side: int, classes: tuple[str, ...] | None = None) ->
     found = set(labels)
     for label, folder in enumerate(folders):
         if label not in found:
-            raise UserError(f"{folder}: class {folder.name!r} holds no images", "add images or remove the folder")
+            raise UserError(_("{folder}: class {name} holds no images").format(folder=folder, name=repr(folder.name)),
+                            _("add images or remove the folder"))
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64)), names, skipped
 
 
@@ -122,8 +126,9 @@ def stratified_split(split: Split, fraction: float, seed: int, classes: tuple[st
         idx = idx[torch.randperm(len(idx), generator=gen)]
         n = max(1, round(fraction * len(idx)))
         if n >= len(idx):
-            raise UserError(f"class {classes[int(label)]!r} has only {len(idx)} images: too few to split off validation",
-                            "add images, or give train/ and val/ sub-folders")
+            raise UserError(_("class {name} has only {count} images: too few to split off validation")
+                            .format(name=repr(classes[int(label)]), count=len(idx)),
+                            _("add images, or give train/ and val/ sub-folders"))
         held.append(idx[:n])
         keep.append(idx[n:])
     keep_idx, held_idx = torch.cat(keep).sort().values, torch.cat(held).sort().values
@@ -142,7 +147,7 @@ def load_folder(root: str | Path, size: int, val_fraction: float, seed: int) -> 
     val = test = None
     for name in ("val", "test") if given else ():
         if (root / name).is_dir():
-            split, _, more = read_split(root / name, side, classes)
+            split, _names, more = read_split(root / name, side, classes)
             skipped += more
             val, test = (split, test) if name == "val" else (val, split)
     layout = "train/ " + ("and val/ as given" if val is not None else "as given") if given else "one folder"

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from torchlab.errors import UserError
+from torchlab.i18n import N_, _
 
 UBYTE = 0x08
-REPAIR_HINT = "delete it and fetch the dataset again (or point --data-dir at a good copy)"
+REPAIR_HINT = N_("delete it and fetch the dataset again (or point --data-dir at a good copy)")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -30,27 +31,26 @@ def read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise UserError(f"{path}: cannot read ({e})", REPAIR_HINT) from None
+        raise UserError(_("{path}: cannot read ({error})").format(path=path, error=e), _(REPAIR_HINT)) from None
 
 
 def parse_idx(data: bytes, path: Path, ndim: int) -> torch.Tensor:
     """Decode IDX bytes into a uint8 tensor, checking magic, dims and size."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != UBYTE or data[3] != ndim:
         raise UserError(
-            f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s) "
-            f"(magic number {data[:4].hex() or 'missing'})",
-            REPAIR_HINT,
+            _("{path}: not an IDX file of unsigned bytes with {ndim} dimension(s) (magic number {magic})")
+            .format(path=path, ndim=ndim, magic=data[:4].hex() or 'missing'),
+            _(REPAIR_HINT),
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise UserError(f"{path}: truncated IDX header", REPAIR_HINT)
+        raise UserError(_("{path}: truncated IDX header").format(path=path), _(REPAIR_HINT))
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + math.prod(dims)  # exact: a corrupt header must not overflow
     if len(data) != expected:
-        state = "truncated" if len(data) < expected else "longer than its header says"
-        raise UserError(
-            f"{path}: {state} ({len(data)} bytes, header {dims} needs {expected})", REPAIR_HINT
-        )
+        message = _("{path}: truncated ({size} bytes, header {dims} needs {expected})") if len(data) < expected \
+            else _("{path}: longer than its header says ({size} bytes, header {dims} needs {expected})")
+        raise UserError(message.format(path=path, size=len(data), dims=dims, expected=expected), _(REPAIR_HINT))
     array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
     return torch.from_numpy(array.copy())
 
@@ -66,7 +66,7 @@ def read_idx(path: Path, ndim: int, original: tuple[str, int] | None = None) -> 
     data = read_bytes(path)
     tensor = parse_idx(data, path, ndim)
     if original is not None and len(data) == original[1] and hashlib.md5(data).hexdigest() != original[0]:
-        raise UserError(f"{path}: checksum does not match the original file", REPAIR_HINT)
+        raise UserError(_("{path}: checksum does not match the original file").format(path=path), _(REPAIR_HINT))
     return tensor
 
 

@@ -26,15 +26,15 @@ def open_image(path: Path) -> Image.Image:
         img = Image.open(path)
         img.load()  # decode now, so a truncated file fails here
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file", "check the path") from None
+        raise UserError(_("{path}: no such file").format(path=path), _("check the path")) from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not an image file", "pass the image files inside it") from None
+        raise UserError(_("{path}: is a folder, not an image file").format(path=path), _("pass the image files inside it")) from None
     except Image.DecompressionBombError as e:
-        raise UserError(f"{path}: refused, too many pixels ({e})", "downscale the image first") from None
+        raise UserError(_("{path}: refused, too many pixels ({error})").format(path=path, error=e), _("downscale the image first")) from None
     except UnidentifiedImageError:
-        raise UserError(f"{path}: not an image Pillow can read", "pass a PNG, JPEG, BMP or GIF file") from None
+        raise UserError(_("{path}: not an image Pillow can read").format(path=path), _("pass a PNG, JPEG, BMP or GIF file")) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: damaged image ({e})", "re-export or re-download the file") from None
+        raise UserError(_("{path}: damaged image ({error})").format(path=path, error=e), _("re-export or re-download the file")) from None
     return img
 
 
@@ -98,8 +98,8 @@ def save_inputs(x: torch.Tensor, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"--show {path}: cannot write ({getattr(e, 'strerror', None) or e})",
-                        "pass --show with a writable .png path") from None
+        raise UserError(_("--show {path}: cannot write ({error})").format(path=path, error=getattr(e, 'strerror', None) or e),
+                        _("pass --show with a writable .png path")) from None
 
 
 # --- a folder of images, as conv-viz shows them ------------------------------------------------
@@ -108,7 +108,7 @@ def save_inputs(x: torch.Tensor, path: str) -> None:
 def list_images(folder: Path) -> tuple[list[Path], int]:
     """Image files in `folder`, sorted by name, and how many other files were skipped."""
     if not folder.is_dir():
-        raise UserError(f"--images {folder}: not a folder", "pass a folder of PNG, JPEG, BMP or GIF files")
+        raise UserError(_("--images {folder}: not a folder").format(folder=folder), _("pass a folder of PNG, JPEG, BMP or GIF files"))
     found, skipped = [], 0
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
@@ -117,8 +117,9 @@ def list_images(folder: Path) -> tuple[list[Path], int]:
         except (UnidentifiedImageError, OSError):
             skipped += 1
     if not found:
-        raise UserError(f"--images {folder}: no image files" + (f" ({skipped} other files)" if skipped else ""),
-                        "pass a folder of PNG, JPEG, BMP or GIF files")
+        raise UserError((_("--images {folder}: no image files ({skipped} other files)") if skipped
+                         else _("--images {folder}: no image files")).format(folder=folder, skipped=skipped),
+                        _("pass a folder of PNG, JPEG, BMP or GIF files"))
     return found, skipped
 
 
@@ -152,10 +153,11 @@ def tensor_image(t: torch.Tensor, name: str) -> Image.Image:
     t = t.detach().cpu()
     t = t[None] if t.dim() == 2 else t
     if t.dim() != 3 or t.shape[0] not in (1, 3):
-        raise UserError(f"{name}: a tensor of shape {tuple(t.shape)}, not an image [C, H, W] with C = 1 or 3",
-                        "pass [C, H, W] (as ToTensor gives) or [H, W]")
+        raise UserError(_("{name}: a tensor of shape {shape}, not an image [C, H, W] with C = 1 or 3")
+                        .format(name=name, shape=tuple(t.shape)), _("pass [C, H, W] (as ToTensor gives) or [H, W]"))
     if t.is_floating_point() and not (t.isfinite().all() and t.min() >= 0 and t.max() <= 1):
-        raise UserError(f"{name}: float values must lie in [0, 1] (as ToTensor gives)", "divide uint8 values by 255")
+        raise UserError(_("{name}: float values must lie in [0, 1] (as ToTensor gives)").format(name=name),
+                        _("divide uint8 values by 255"))
     array = (t.float() * 255).round().byte() if t.is_floating_point() else t.to(torch.uint8)
     array = array.permute(1, 2, 0).numpy()  # CHW -> HWC, as PIL stores pixels
     return Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
@@ -167,8 +169,9 @@ def read_cv2(path: str) -> np.ndarray:
     try:
         import cv2
     except ImportError:
-        raise UserError("--reader cv2 needs OpenCV", "pip install opencv-python-headless") from None
+        raise UserError(_("--reader cv2 needs OpenCV"), _("pip install opencv-python-headless")) from None
     array = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if array is None:
-        raise UserError(f"{path}: OpenCV cannot read this file", "use --reader pil, or convert it to PNG or JPEG")
+        raise UserError(_("{path}: OpenCV cannot read this file").format(path=path),
+                        _("use --reader pil, or convert it to PNG or JPEG"))
     return array

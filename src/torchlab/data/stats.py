@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 
 def as_batch(item) -> torch.Tensor:
@@ -29,13 +30,14 @@ def as_batch(item) -> torch.Tensor:
     if x.dim() == 3:  # one image [C, H, W] -> a batch of one
         x = x.unsqueeze(0)
     if x.dim() != 4:
-        raise UserError(f"image batch of shape {tuple(x.shape)}: expected [C, H, W] or [N, C, H, W]",
-                        "put channels first, e.g. with transforms.ToTensor()")
+        raise UserError(_("image batch of shape {shape}: expected [C, H, W] or [N, C, H, W]").format(shape=tuple(x.shape)),
+                        _("put channels first, e.g. with transforms.ToTensor()"))
     if x.dtype == torch.uint8:
         return x.double() / 255
     if x.is_floating_point():
         return x.double()
-    raise UserError(f"images of dtype {x.dtype}: expected uint8 or floating point", "convert with .float()")
+    raise UserError(_("images of dtype {dtype}: expected uint8 or floating point").format(dtype=x.dtype),
+                    _("convert with .float()"))
 
 
 def channel_stats(batches: Iterable) -> dict:
@@ -49,8 +51,9 @@ def channel_stats(batches: Iterable) -> dict:
         x = as_batch(item)  # [N, C, H, W] float64
         channels = x.shape[1]
         if mean is not None and channels != mean.numel():
-            raise UserError(f"an image has {channels} channels but earlier ones had {mean.numel()}",
-                            "convert all images to one mode first, e.g. img.convert('RGB')")
+            raise UserError(_("an image has {channels} channels but earlier ones had {earlier}")
+                            .format(channels=channels, earlier=mean.numel()),
+                            _("convert all images to one mode first, e.g. img.convert('RGB')"))
         flat = x.transpose(0, 1).reshape(channels, -1)  # [C, N*H*W]: one row of pixels per channel
         n_b = flat.shape[1]
         images += x.shape[0]
@@ -67,5 +70,5 @@ def channel_stats(batches: Iterable) -> dict:
         m2 = m2 + m2_b + delta**2 * (count * n_b / total)
         count = total
     if count == 0:
-        raise UserError("no image pixels to measure", "check that the dataset or folder holds images")
+        raise UserError(_("no image pixels to measure"), _("check that the dataset or folder holds images"))
     return {"mean": mean.tolist(), "std": (m2 / count).sqrt().tolist(), "pixels": count, "images": images}

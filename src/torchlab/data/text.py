@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 UNK = "<unk>"
 LEVELS = ("char", "word")
@@ -63,24 +64,26 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise UserError(f"{path} is a folder, not a text file", "pass the path of a .txt file")
+        raise UserError(_("{path} is a folder, not a text file").format(path=path), _("pass the path of a .txt file"))
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"text file {path} not found", "check the path") from None
+        raise UserError(_("text file {path} not found").format(path=path), _("check the path")) from None
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from None
+        raise UserError(_("cannot read {path}: {error}").format(path=path, error=e.strerror), _("check the file's permissions")) from None
     try:
         text = raw.decode(encoding)
     except LookupError:
-        raise UserError(f"unknown encoding {encoding!r} for {path}",
-                        "pass --encoding with a Python codec name, e.g. utf-8, gb18030, latin-1") from None
+        raise UserError(_("unknown encoding {encoding} for {path}").format(encoding=repr(encoding), path=path),
+                        _("pass --encoding with a Python codec name, e.g. utf-8, gb18030, latin-1")) from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid {encoding}: bad byte 0x{raw[e.start]:02x} at byte offset {e.start}",
-                        "pass the file's encoding, e.g. --encoding gb18030 (Chinese) or --encoding latin-1") from None
+        raise UserError(_("{path} is not valid {encoding}: bad byte 0x{byte} at byte offset {offset}")
+                        .format(path=path, encoding=encoding, byte=f"{raw[e.start]:02x}", offset=e.start),
+                        _("pass the file's encoding, e.g. --encoding gb18030 (Chinese) or --encoding latin-1")) from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
-        raise UserError(f"{path} is empty (or only whitespace)", "a language model needs some text to learn from")
+        raise UserError(_("{path} is empty (or only whitespace)").format(path=path),
+                        _("a language model needs some text to learn from"))
     return text
 
 
@@ -102,9 +105,9 @@ def tokenize(text: str, level: str, language: str | None = None) -> list[str]:
     one token in any text), so mixed English and Chinese text needs no switch.
     """
     if level not in LEVELS:
-        raise UserError(f"unknown token level {level!r}", "choose char or word")
+        raise UserError(_("unknown token level {level}").format(level=repr(level)), _("choose char or word"))
     if language is not None and language not in LANGUAGES:
-        raise UserError(f"unknown language {language!r}", "choose en or zh")
+        raise UserError(_("unknown language {language}").format(language=repr(language)), _("choose en or zh"))
     if level == "char":
         return list(text)
     return _WORD_TOKEN.findall(text)
@@ -173,8 +176,9 @@ class Vocab:
         vocabulary, "<unk>" included. Left-out tokens encode as "<unk>".
         """
         if min_freq < 1 or (max_size is not None and max_size < 2):
-            raise UserError(f"bad vocabulary limits min_freq={min_freq}, max_size={max_size}",
-                            "min_freq >= 1 and max_size >= 2 (<unk> plus one token)")
+            raise UserError(_("bad vocabulary limits min_freq={min_freq}, max_size={max_size}")
+                            .format(min_freq=min_freq, max_size=max_size),
+                            _("min_freq >= 1 and max_size >= 2 (<unk> plus one token)"))
         counts = Counter(train_tokens)  # insertion order = first appearance
         counts.pop(UNK, None)
         kept = [tok for tok, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n >= min_freq]  # stable sort
@@ -231,8 +235,8 @@ class Splits:
 
 def _check_fractions(val_frac: float, test_frac: float) -> None:
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise UserError(f"bad split fractions val={val_frac}, test={test_frac}",
-                        "each in [0, 1) and together below 1, e.g. 0.05 and 0.05")
+        raise UserError(_("bad split fractions val={val}, test={test}").format(val=val_frac, test=test_frac),
+                        _("each in [0, 1) and together below 1, e.g. 0.05 and 0.05"))
 
 
 def _nearest(bounds: Sequence[int], target: float) -> int:
@@ -266,8 +270,9 @@ def split_documents(docs: list[list[str]], val_frac: float = 0.05, test_frac: fl
     for name, frac in (("train", 1.0), ("val", val_frac), ("test", test_frac)):
         size = len(getattr(splits, name))
         if frac > 0 and size < 2:
-            raise UserError(f"corpus too short: {n} tokens in {len(docs)} document(s) leave {size} for {name}",
-                            "use a longer text, or change the split fractions")
+            raise UserError(_("corpus too short: {n} tokens in {docs} document(s) leave {size} for {name}")
+                            .format(n=n, docs=len(docs), size=size, name=name),
+                            _("use a longer text, or change the split fractions"))
     return splits
 
 
@@ -280,8 +285,8 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     n = ids.numel()
     length = n // batch_size
     if length < 2:
-        raise UserError(f"{n} tokens make streams of {length} for batch size {batch_size}; each needs >= 2",
-                        "use a smaller batch size or a longer text")
+        raise UserError(_("{n} tokens make streams of {length} for batch size {batch}; each needs >= 2")
+                        .format(n=n, length=length, batch=batch_size), _("use a smaller batch size or a longer text"))
     return ids[: batch_size * length].view(batch_size, length)
 
 
@@ -297,7 +302,7 @@ def batchify_eval(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """
     n = ids.numel()
     if n < 2:
-        raise UserError(f"{n} token(s) cannot be scored: evaluation needs at least 2", "use a longer text")
+        raise UserError(_("{n} token(s) cannot be scored: evaluation needs at least 2").format(n=n), _("use a longer text"))
     b = min(batch_size, n - 1)
     m, r = divmod(n - 1, b)
     starts = torch.arange(b) * m

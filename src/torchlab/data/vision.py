@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torchlab.data.idx import read_idx
 from torchlab.data.locate import DatasetFiles, locate
 from torchlab.errors import UserError
+from torchlab.i18n import _
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -94,8 +95,9 @@ def load_idx_dataset(spec: VisionSpec, data_dir: str | None = None, offline: boo
         images, labels = tensors[f"{prefix}-images-idx3-ubyte"], tensors[f"{prefix}-labels-idx1-ubyte"]
         if len(images) != len(labels):
             raise UserError(
-                f"{paths[f'{prefix}-labels-idx1-ubyte']}: {len(labels)} labels for {len(images)} images",
-                "the image and label files do not belong together",
+                _("{path}: {labels} labels for {images} images")
+                .format(path=paths[f'{prefix}-labels-idx1-ubyte'], labels=len(labels), images=len(images)),
+                _("the image and label files do not belong together"),
             )
         splits.append(Split(images.unsqueeze(1), labels.long()))  # [N, H, W] -> [N, 1, H, W]
     return splits[0], splits[1], source

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from torchlab.errors import UserError
+from torchlab.i18n import _
 from torchlab.models.cnn import NotesCNN, NotesCNNConfig, VGGConfig, VGGNet
 from torchlab.models.rnn import LanguageModel, LMConfig, Recurrent
 
@@ -54,7 +55,7 @@ def config_of(name: str, entries: dict[str, ModelEntry], overrides: dict) -> Any
     """entries[name]'s config dataclass with `overrides` applied where it has the field (lists read as tuples,
     as JSON-like configs give them)."""
     if name not in entries:
-        raise UserError(f"unknown model {name!r}", "choose one of: " + ", ".join(entries))
+        raise UserError(_("unknown model {name}").format(name=repr(name)), _("choose one of: {names}").format(names=", ".join(entries)))
     entry = entries[name]
     known = {f.name for f in dataclasses.fields(entry.config_class)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in known}
@@ -65,8 +66,9 @@ def model_config(name: str, **overrides: Any):
     """The config dataclass of the image classifier `name`, with `overrides` (e.g. in_channels) applied where it
     has the field. Language models are refused: image training is what passes names here."""
     if name in LANGUAGE_MODELS:
-        raise UserError(f"model {name!r} is a language model, not an image classifier",
-                        f"train it with `torchlab train lm --cell {name[3:]}`; image classifiers: " + ", ".join(MODELS))
+        raise UserError(_("model {name} is a language model, not an image classifier").format(name=repr(name)),
+                        _("train it with `torchlab train lm --cell {cell}`; image classifiers: {models}")
+                        .format(cell=name[3:], models=", ".join(MODELS)))
     return config_of(name, MODELS, overrides)
 
 
@@ -92,9 +94,11 @@ def require_kind(ckpt: dict, wanted: str, command: str) -> None:
     task = f"task {ckpt.get('task')!r}" + (", not 'lm'" if wanted == LANGUAGE_MODEL else "")
     use = f"torchlab predict {path} IMAGE" if found == CLASSIFIER else f"torchlab generate {path} --prompt TEXT"
     train = "torchlab train lm" if wanted == LANGUAGE_MODEL else "torchlab train IMAGE-TASK"
-    raise UserError(f"{path}: checkpoint is for {task}: {article(found)} ({ckpt['model_name']}), and "
-                    f"`torchlab {command}` needs {article(wanted)}",
-                    f"use this one with `{use}`, or pass {article(wanted)} from `{train}`")
+    raise UserError(_("{path}: checkpoint is for {task}: {found} ({model}), and `torchlab {command}` needs {wanted}")
+                    .format(path=path, task=task, found=article(found), model=ckpt['model_name'], command=command,
+                            wanted=article(wanted)),
+                    _("use this one with `{use}`, or pass {wanted} from `{train}`")
+                    .format(use=use, wanted=article(wanted), train=train))
 
 
 def article(kind: str) -> str:
@@ -109,9 +113,10 @@ def from_checkpoint(ckpt: dict, device: torch.device) -> nn.Module:
         model = build_model(ckpt["model_name"], ckpt["model_config"])
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, TypeError, KeyError, ValueError) as e:
-        raise UserError(f"{ckpt['path']}: not a usable {noun} checkpoint: the weights do not fit model "
-                        f"{ckpt['model_name']!r} ({str(e).splitlines()[0][:120]})",
-                        "the checkpoint is damaged or from an incompatible version") from None
+        raise UserError(_("{path}: not a usable {noun} checkpoint: the weights do not fit model {model} ({error})")
+                        .format(path=ckpt['path'], noun=noun, model=repr(ckpt['model_name']),
+                                error=str(e).splitlines()[0][:120]),
+                        _("the checkpoint is damaged or from an incompatible version")) from None
     return model.to(device).eval()
 
 

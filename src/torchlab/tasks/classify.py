@@ -60,11 +60,11 @@ def batch_size_for(cfg: TrainConfig, images: int) -> int:
     if images >= cfg.batch_size:
         return cfg.batch_size
     if "batch_size" in getattr(cfg, "explicit", ("batch_size",)):  # unknown origin: as if given
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {images} training images",
-                        "use a smaller batch")
+        raise UserError(_("--batch-size {size}: larger than the {images} training images").format(size=cfg.batch_size, images=images),
+                        _("use a smaller batch"))
     size = images - images % distributed.WORLD.size  # a global batch splits evenly over the processes
-    say(f"batch size {size} (the whole training set): the default {cfg.batch_size} is more than its {images} "
-        "images")
+    say(_("batch size {size} (the whole training set): the default {default} is more than its {images} images")
+        .format(size=size, default=cfg.batch_size, images=images))
     return size
 
 
@@ -101,15 +101,16 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> Data:
     train, val = info.train, info.val
     if val is None and cfg.task != "image-folder":
         if cfg.val_size >= len(train):
-            raise UserError(f"--val-size {cfg.val_size}: the training set has only {len(train)} images",
-                            "use a smaller value")
+            raise UserError(_("--val-size {size}: the training set has only {images} images")
+                            .format(size=cfg.val_size, images=len(train)), _("use a smaller value"))
         train, val = hold_out(train, cfg.val_size, cfg.seed)
     if val is None and info.test is None:
-        raise UserError(f"--data-dir {cfg.data_dir}: nothing to evaluate on (no val/ or test/ sub-folder and "
-                        "--val-fraction 0)", "give a --val-fraction above 0, or add a val/ sub-folder")
+        raise UserError(_("--data-dir {dir}: nothing to evaluate on (no val/ or test/ sub-folder and --val-fraction 0)")
+                        .format(dir=cfg.data_dir), _("give a --val-fraction above 0, or add a val/ sub-folder"))
     if cfg.photo and info.crop:
-        raise UserError(f"--photo {cfg.photo}: for datasets of whole items on a plain background (fashion-mnist, "
-                        "mnist, cifar10), not image folders", "drop --photo; image folders train on random crops")
+        raise UserError(_("--photo {photo}: for datasets of whole items on a plain background (fashion-mnist, mnist, cifar10), "
+                          "not image folders").format(photo=cfg.photo),
+                        _("drop --photo; image folders train on random crops"))
     batch = batch_size_for(cfg, len(train))
     scored_val, scored_test = (eval_sample(val, cfg.seed), eval_sample(info.test, cfg.seed)) if cfg.max_steps \
         else (val, info.test)
@@ -141,8 +142,8 @@ class ImageTask:
         data = prepare_data(cfg, device)
         if resume is not None and (list(data.info.classes), list(data.info.mean), list(data.info.std)) != \
                 (resume["classes"], resume["mean"], resume["std"]):
-            raise UserError(f"--resume: the data changed since the run started (classes or normalisation differ "
-                            f"from {resume['path']})", "restore the original data, or start a new run")
+            raise UserError(_("--resume: the data changed since the run started (classes or normalisation differ from {path})")
+                            .format(path=resume['path']), _("restore the original data, or start a new run"))
         return data
 
     def model_config(self, data: Data):

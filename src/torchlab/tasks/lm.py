@@ -73,14 +73,15 @@ def prepare_text(cfg: LMTrainConfig, device: torch.device, vocab: Vocab | None =
     if vocab is None:
         vocab = Vocab.build(splits.train, cfg.level)  # never sees val or test: their new tokens become <unk>
     elif set(splits.train) - set(vocab.tokens):
-        say(f"warning: {cfg.corpus} changed since the run started: {len(set(splits.train) - set(vocab.tokens))} "
-            "training token types are not in the saved vocabulary and are read as <unk>")
+        say(_("warning: {corpus} changed since the run started: {count} training token types are not in the saved "
+              "vocabulary and are read as <unk>").format(corpus=cfg.corpus, count=len(set(splits.train) - set(vocab.tokens))))
     world = distributed.WORLD
     train = batchify(vocab.encode(splits.train), cfg.batch_size)[world.slice_of_batch(cfg.batch_size)].to(device)
     if train.shape[1] - 1 < cfg.bptt:
-        raise UserError(f"--bptt {cfg.bptt}: the training streams hold only {train.shape[1]} tokens each "
-                        f"({len(splits.train)} tokens / batch size {cfg.batch_size}); a window needs bptt + 1",
-                        "use a smaller --bptt or --batch-size, or a longer text")
+        raise UserError(_("--bptt {bptt}: the training streams hold only {length} tokens each ({tokens} tokens / batch size "
+                          "{batch}); a window needs bptt + 1")
+                        .format(bptt=cfg.bptt, length=train.shape[1], tokens=len(splits.train), batch=cfg.batch_size),
+                        _("use a smaller --bptt or --batch-size, or a longer text"))
     (val, val_targets), (test, test_targets) = (eval_blocks(vocab.encode(part), cfg, device)
                                                 for part in (splits.val, splits.test))
     counts = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
@@ -204,7 +205,7 @@ def build_model(cfg: LMTrainConfig, vocab_size: int) -> LanguageModel:
     try:
         return LanguageModel(mcfg)
     except ValueError as e:
-        raise UserError(f"--tie: {e}", "set --embed-size equal to --hidden-size, or drop --tie") from None
+        raise UserError(_("--tie: {error}").format(error=e), _("set --embed-size equal to --hidden-size, or drop --tie")) from None
 
 
 def workload(cfg: LMTrainConfig, vocab_size: int, steps: int) -> runtime.Workload:
