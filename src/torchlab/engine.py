@@ -71,6 +71,28 @@ def graceful_interrupt(flag: StopFlag):
         signal.signal(signal.SIGINT, previous)
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (torchrun stopping its workers, a job scheduler, `kill`)."""
+
+
+@contextmanager
+def sigterm_raises():
+    """SIGTERM raises Terminated inside the block, so a run can say how it ended; as graceful_interrupt,
+    it leaves signals alone outside the main thread, and puts the old handler back."""
+    def handler(signum, frame):
+        raise Terminated("stopped by SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_steps(model: nn.Module, batches: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler,
                 rt: Runtime, *, carry=None, clip: float = 0.0, global_step: int = 0, max_steps: int = 0,
                 log_every: int = 50, stop: StopFlag | None = None,

@@ -31,7 +31,6 @@ A task (tasks/classify.py, tasks/lm.py) is a small object with what differs:
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,8 @@ import torch
 from torchlab import checkpoint as ckpt_io
 from torchlab import distributed, i18n, logger, runinfo, runtime
 from torchlab.config import save_toml
-from torchlab.engine import NonFiniteLoss, StopFlag, graceful_interrupt, train_steps, weight_average
+from torchlab.engine import (NonFiniteLoss, StopFlag, Terminated, graceful_interrupt, sigterm_raises, train_steps,
+                             weight_average)
 from torchlab.errors import Interrupted, UserError
 from torchlab.i18n import _
 from torchlab.logger import Nothing, new_run_dir, open_writer, refuse_taken
@@ -375,14 +375,6 @@ def finish(s: Session, status: str) -> dict:
     return write_summary(s, status, extra)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (torchrun stopping its workers, a job scheduler, `kill`)."""
-
-
-def on_sigterm(signum, frame):
-    raise Terminated("stopped by SIGTERM")
-
-
 def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None,
           ctx: Context | None = None) -> Run:
     """Train (or resume) one run; whatever ends it, summary.json says how."""
@@ -391,10 +383,9 @@ def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, st
     write_summary(s, "running", {})
     if s.state.epoch >= s.cfg.epochs:
         ctx.say(_("run already completed {epochs} epochs; scoring it again").format(epochs=s.state.epoch))
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if can_handle_signals() else None
     stop = stop or StopFlag()
     try:
-        with s.rt.threads_set():
+        with s.rt.threads_set(), sigterm_raises():
             with graceful_interrupt(stop):
                 status = fit(s, stop)
             return Run(s.run_dir, s.cfg, finish(s, status), s.model)
@@ -407,12 +398,4 @@ def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, st
         write_summary(s, "failed", {"error": why})
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         s.writer.close()
-
-
-def can_handle_signals() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
