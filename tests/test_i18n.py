@@ -11,6 +11,7 @@ import re
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torchlab import i18n
@@ -218,3 +219,43 @@ def test_generate_and_eval_text_in_chinese():
     chinese = eval_text(result)
     assert "准确率 50.00%" in chinese and "混淆矩阵图像：c.png" in chinese
     assert steps_text({"inverted": True, "inversion": "light background"}) == "  [已反相（light background）]"
+
+
+def test_inversion_reasons_are_translated_but_the_json_stays_english():
+    from torchlab.commands.predict import steps_text
+    from torchlab.data.photo import decide_inversion, reason_text
+
+    light_background = np.full((20, 20), 0.9)
+    light_background[5:15, 5:15] = 0.2  # a dark item
+    invert, why = decide_inversion(light_background, "auto")
+    assert invert and why["rule"] == "lighter"
+    steps = {"inverted": True, "inversion": reason_text(why), "inversion_rule": why}
+    assert steps["inversion"] == "background 0.90 is lighter than the item (0.20)"
+    i18n.use("zh")
+    assert steps_text(steps) == "  [已反相（背景 0.90 比物体（0.20）亮）]"
+    assert reason_text(decide_inversion(light_background, "no")[1], i18n._) == "--invert no"
+
+
+def test_tables_line_up_in_chinese(capsys):
+    """Padding counts terminal columns: a Chinese header is as wide as its column of numbers."""
+    assert main(["models", "--lang", "zh"]) == 0
+    header, first = capsys.readouterr().out.splitlines()[:2]
+    assert "参数量" in header and "笔记中的网络" in first  # the descriptions are translated too
+    params_end = i18n.shown_width(header[:header.index("参数量") + 3])
+    assert params_end == len(first.split("127,498")[0]) + len("127,498")
+    assert i18n.pad("斜率", 6, right=True) == "  斜率" and i18n.pad("ab", 3) == "ab "
+
+
+def test_runtime_and_doctor_lines_in_chinese():
+    from torchlab.commands.doctor import auto_lines
+    from torchlab.runinfo import scored_text
+
+    i18n.use("zh")
+    lines = auto_lines({"device": "cpu", "fast_recipe_table": "cpu", "measured": {}},
+                       {"matmul fp32": 100.0, "matmul bf16": 1.0})
+    assert lines[1].startswith("自动精度：fp32（bf16 矩阵乘法的速度是 fp32 的 0.01 倍") and "尚未测量" in lines[3]
+    summary = {"test_scored": "best epoch 2; a sample of 1,000 of 10,000 test images, --max-steps run",
+               "eval_sample": {"unit": "images", "val": 1000, "test": 1000}}
+    assert scored_text(summary, "test") == "最佳 epoch 2；抽样：test 10,000 中的 1,000 张图像，--max-steps 运行"
+    i18n.use("en")
+    assert scored_text(summary, "test") == summary["test_scored"]  # English reads back exactly as stored

@@ -1,5 +1,6 @@
 """`python -m torchlab` and the `torchlab` command: the memory allocator first (malloc.py), then the CLI."""
 
+import os
 import sys
 
 from torchlab import malloc
@@ -10,7 +11,13 @@ def entry() -> None:
     malloc.keep_freed_memory()
     from torchlab.cli import main
 
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `torchlab models | head`: the reader left, which is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush stays quiet
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gettext
 import os
+import unicodedata
 from pathlib import Path
 
 DOMAIN = "torchlab"
@@ -81,3 +82,21 @@ class speaking:
         global _catalog, current
         _catalog, current = self.before
         return False
+
+
+def both(message: str, **fields) -> tuple[str, str]:
+    """`message` filled in twice: in English (for JSON and files) and in the current language (for the terminal)."""
+    return message.format(**fields), _(message).format(**fields)
+
+
+def shown_width(text: str) -> int:
+    """Columns `text` takes in a terminal: a Chinese character (East Asian wide or full-width) takes two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def pad(text: str, width: int, right: bool = False) -> str:
+    """`text` padded with spaces to `width` terminal columns, on the right, or on the left when `right`
+    (numbers line up on the right). Translated headers change width with the language, so tables pad by
+    columns shown, not by len()."""
+    space = " " * max(0, width - shown_width(text))
+    return space + text if right else text + space

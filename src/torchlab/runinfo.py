@@ -14,19 +14,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 
 from torchlab.errors import UserError
-from torchlab.i18n import _
+from torchlab.i18n import N_, _
 
 COMMAND = ""  # the command line of this process, set by the CLI
-STATUSES = ("finished", "max-steps", "interrupted", "failed", "running")
+STATUSES = (N_("finished"), N_("max-steps"), N_("interrupted"), N_("failed"), N_("running"))  # shown translated
 # How each ending of a training run is listed; max-steps and interrupted runs can be resumed.
 SHOWN = {"finished": "finished", "early-stopped": "finished", "failed": "failed", "running": "running",
          "max-steps": "max-steps", "interrupted": "interrupted"}
 DEMO_FILE = "demo.json"
+
+
+UNITS = (N_("images"), N_("tokens"))  # what a task's evaluation counts
+
+
+def sample_note(scored: dict, counts: dict, unit: str, splits) -> str:
+    """"a sample of 1,000 of 10,000 test images": what a --max-steps run scored of each of `splits`."""
+    each = [_("{scored} of {total} {split}").format(scored=f"{scored[k]:,}", total=f"{counts[k]:,}", split=k)
+            for k in splits]
+    return _("a sample of {parts} {unit}").format(parts=_(" and ").join(each), unit=_(unit))
+
+
+def scored_text(summary: dict, split: str) -> str:
+    """Which weights scored `split` ("best epoch 3"), and on what sample, in the user's language:
+    summary.json keeps the English words, from which the sample's size is read back."""
+    stored = summary.get(f"{split}_scored", "")
+    words = stored.split(";")[0]
+    text = _("best epoch {epoch}").format(epoch=words.split()[-1]) if words.startswith("best epoch") else _(words)
+    sample = summary.get("eval_sample") or {}
+    if split not in sample:
+        return text
+    total = re.search(r"a sample of [\d,]+ of ([\d,]+) ", stored)
+    if total is None:  # not said the way this version says it: show it as written
+        return stored
+    note = sample_note(sample, {split: int(total[1].replace(",", ""))}, sample["unit"], (split,))
+    return _("{weights}; {sample}, --max-steps run").format(weights=text, sample=note)
 
 
 def write(run_dir: Path, summary: dict) -> dict:

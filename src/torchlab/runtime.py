@@ -78,9 +78,12 @@ class Runtime:
                 + (" compiled" if self.compile else ""))
 
     def describe(self) -> str:
-        return f"device: {self.device}  precision: {'bf16' if self.bf16 else 'fp32'}  " \
-               f"channels-last: {'on' if self.channels_last else 'off'}  compile: {'on' if self.compile else 'off'}" \
-               + (f"  threads: {self.threads or torch.get_num_threads()}" if self.device.type == "cpu" else "")
+        on, off = _("on"), _("off")
+        return _("device: {device}  precision: {precision}  channels-last: {channels_last}  compile: {compile}").format(
+            device=self.device, precision="bf16" if self.bf16 else "fp32", channels_last=on if self.channels_last
+            else off, compile=on if self.compile else off) \
+            + (_("  threads: {threads}").format(threads=self.threads or torch.get_num_threads())
+               if self.device.type == "cpu" else "")
 
     @contextmanager
     def threads_set(self):
@@ -152,13 +155,14 @@ def decide(device: torch.device, req: Requested, work: Workload | None) -> tuple
         known = tune(device, space, work, known, notes)
     timed = [r for r in space if known.get(r.label(), {}).get("rate")]
     if not timed:
-        notes.append(f"auto settings: not measured for a run of {work.planned_steps} steps (under {MIN_STEPS}); "
-                     "PyTorch's defaults")
+        notes.append(_("auto settings: not measured for a run of {steps} steps (under {least}); PyTorch's defaults")
+                     .format(steps=work.planned_steps, least=MIN_STEPS))
         return space[0], notes
     items = work.items_per_step * work.planned_steps
     best = min(timed, key=lambda r: items / known[r.label()]["rate"] + known[r.label()]["warmup"])
-    notes.append(f"auto settings: {best.label()} is the fastest measured for {work.name} ("
-                 + ", ".join(f"{r.label()} {known[r.label()]['rate']:,.0f}/s" for r in timed) + ")")
+    notes.append(_("auto settings: {best} is the fastest measured for {work} ({rates})").format(
+        best=best.label(), work=work.name, rates=", ".join(f"{r.label()} {known[r.label()]['rate']:,.0f}/s"
+                                                           for r in timed)))
     return best, notes
 
 
@@ -171,8 +175,8 @@ def candidates(device: torch.device, req: Requested, work: Workload | None, note
             precisions.append(True)
         else:
             r = hardware.rates(device)
-            notes.append(f"precision: fp32, since bf16 is emulated here (matmul {r['matmul bf16']:.1f} against "
-                         f"{r['matmul fp32']:.1f} GFLOP/s in fp32)")
+            notes.append(_("precision: fp32, since bf16 is emulated here (matmul {bf16} against {fp32} GFLOP/s in "
+                           "fp32)").format(bf16=f"{r['matmul bf16']:.1f}", fp32=f"{r['matmul fp32']:.1f}"))
     layouts = [req.channels_last == "on"] if req.channels_last != "auto" or work is None or not work.convolutional \
         else [False, True]
     compiles = [req.compile == "on"] if req.compile != "auto" or work is None or not work.compilable else [False, True]
@@ -195,8 +199,8 @@ def tune(device: torch.device, space: list[Runtime], work: Workload, known: dict
         if stage == 2 and len(batch) > 1:
             eager_seconds = work.items_per_step * work.planned_steps / known[best.label()]["rate"]
             if eager_seconds < COMPILE_MIN_SECONDS:
-                notes.append(f"compile: not measured; the run's {eager_seconds:.0f} s of training are too few to "
-                             "win back a compile")
+                notes.append(_("compile: not measured; the run's {seconds} s of training are too few to win back "
+                               "a compile").format(seconds=f"{eager_seconds:.0f}"))
                 break
         todo = [r for r in batch if r.label() not in known]
         if todo and not announced:
@@ -274,8 +278,10 @@ def emulated_warning(device: torch.device) -> list[str]:
     if speedup >= 1:
         return []
     r = hardware.rates(device)
-    return [f"warning: --precision bf16: this {device.type} runs bf16 {1 / max(speedup, 1e-9):.0f}x slower than fp32 "
-            f"(matmul {r['matmul bf16']:.1f} against {r['matmul fp32']:.1f} GFLOP/s); --precision auto picks fp32"]
+    return [_("warning: --precision bf16: this {device} runs bf16 {times}x slower than fp32 (matmul {bf16} against "
+              "{fp32} GFLOP/s); --precision auto picks fp32").format(
+        device=device.type, times=f"{1 / max(speedup, 1e-9):.0f}", bf16=f"{r['matmul bf16']:.1f}",
+        fp32=f"{r['matmul fp32']:.1f}")]
 
 
 def for_scoring(device: torch.device, cfg: dict) -> Runtime:

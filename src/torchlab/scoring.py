@@ -27,7 +27,7 @@ from torchlab.data.text import Vocab
 from torchlab.data.vision import eval_loader
 from torchlab.engine import evaluate, per_class_accuracy
 from torchlab.errors import UserError
-from torchlab.i18n import _
+from torchlab.i18n import _, pad
 from torchlab.logger import confusion_figure, save_figure
 from torchlab.models.registry import CLASSIFIER, LANGUAGE_MODEL, from_checkpoint, require_kind
 from torchlab.runtime import for_scoring, pick_device
@@ -214,7 +214,7 @@ def corruption_table(ckpt: dict, data_dir: str | None, device_name: str, count: 
 def table_text(r: dict) -> str:
     """The corruption table as `torchlab eval --corruptions` and benchmarks/robustness.py print it."""
     corruption, severity, mean, clean = _("corruption"), _("severity {s}"), _("mean"), _("clean")
-    head = f"{corruption:<12}" + "".join(f"{severity.format(s=s):>12}" for s in SEVERITIES) + f"{mean:>8}"
+    head = pad(corruption, 12) + "".join(pad(severity.format(s=s), 12, True) for s in SEVERITIES) + pad(mean, 8, True)
     lines = [_("{checkpoint} ({task}, {model}): {images} {split} images, seed {seed}, each read as `torchlab predict` "
                "reads a photo").format(checkpoint=r['checkpoint'], task=r['task'], model=r['model'], images=r['images'],
                                        split=r['split'], seed=r['seed']),

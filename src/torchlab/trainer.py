@@ -368,7 +368,7 @@ def finish(s: Session, status: str) -> dict:
     distributed.barrier()  # rank 0 has finished writing best.pt
     if s.state.best is not None and best.exists():
         s.model.load_state_dict(ckpt_io.load(best)["model_state"])
-        scored = f"best epoch {s.state.best_epoch}"
+        scored = f"best epoch {s.state.best_epoch}"  # English in summary.json: runinfo.scored_text translates
     extra, metrics = s.task.test(s, scored)
     hparams = {k: v for k, v in dataclasses.asdict(s.cfg).items() if isinstance(v, (int, float, str, bool))}
     s.writer.add_hparams(hparams, metrics, run_name=".")

@@ -183,9 +183,9 @@ def test_channels_follow_the_layer():
     from torchlab.commands.convviz import match_channels
 
     rgb = torch.rand(2, 3, 4, 4)
-    gray, note = match_channels(rgb, 1)
-    assert gray.shape == (2, 1, 4, 4) and "RGB -> L" in note
+    gray, (note, shown) = match_channels(rgb, 1)  # English for the JSON, and as shown (also English here)
+    assert gray.shape == (2, 1, 4, 4) and "RGB -> L" in note and shown == note
     torch.testing.assert_close(gray[:, 0], 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2])
-    back, note = match_channels(gray, 3)
+    back, (note, _shown) = match_channels(gray, 3)
     assert back.shape == (2, 3, 4, 4) and "L -> RGB" in note and torch.equal(back[:, 2], gray[:, 0])
-    assert match_channels(rgb, 3) == (rgb, "")
+    assert match_channels(rgb, 3) == (rgb, ("", ""))

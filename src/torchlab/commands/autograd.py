@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from torchlab.i18n import _
+from torchlab.i18n import _, pad
 
 INDENT = "    "
 
@@ -56,11 +56,6 @@ def describe(label: str, t: torch.Tensor) -> list[str]:
 def indented(text: str, indent: str = INDENT) -> list[str]:
     """A message of several lines (translated as one), each line indented."""
     return [indent + line for line in text.split("\n")]
-
-
-def pad(text: str, width: int) -> str:
-    """`text` padded to `width` columns on a terminal, where a Chinese character takes two."""
-    return text + " " * max(1, width - sum(2 if ord(c) > 0x2E7F else 1 for c in text))
 
 
 def graph_lines(fn, labels: dict, prefix: str = "", seen: set | None = None) -> list[str]:
@@ -115,7 +110,7 @@ def backward_section() -> tuple[list[str], dict]:
     lines = [_("2. backward() fills x.grad"), "", f"{INDENT}out.backward()",
              f"{INDENT}x.grad                            {show(x.grad)}",
              f"{INDENT}torch.autograd.grad(out, x)       {show(functional)}",
-             f"{INDENT}{pad(_('worked out by hand'), 34)}{show(hand)}", ""]
+             f"{INDENT}{pad(_('worked out by hand'), 33)} {show(hand)}", ""]
     lines += indented(_("By hand: out = (1/{n}) * sum of 3 (x_ij + 2)^2, so d out / d x_ij = (1/{n}) * 6 * (x_ij + 2);\n"
                         "at x_ij = 1 that is 1.5 * 3 = {value}. ").format(n=n, value=f"{hand[0, 0].item():g}")
                       + (_("All three agree.") if agree else _("THEY DISAGREE."))

@@ -21,7 +21,7 @@ from torchlab import checkpoint, runinfo
 from torchlab.data.images import load_folder
 from torchlab.checks import Bounded
 from torchlab.errors import UserError
-from torchlab.i18n import _
+from torchlab.i18n import N_, _, both
 from torchlab.logger import new_run_dir, open_writer, say
 from torchlab.models.cnn import conv_out
 from torchlab.models.registry import CLASSIFIER, from_checkpoint, require_kind
@@ -103,18 +103,21 @@ def load_dataset(name: str, data_dir: str | None, count: int) -> tuple[torch.Ten
         raise UserError(_("--dataset {name}: unknown dataset").format(name=name),
                         _("choose one of: {names}").format(names=", ".join(dataset_names())))
     images, source = catalog.load_train_images(name, data_dir)  # uint8 [N, C, H, W]
-    return images[:count].float() / 255, f"{min(count, len(images))} images of {name} ({source})"
+    return images[:count].float() / 255, both(N_("{count} images of {name} ({source})"),
+                                              count=min(count, len(images)), name=name, source=source)
 
 
-def match_channels(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str]:
-    """Give the images the channels the layer expects: [N, C, H, W] -> [N, in_channels, H, W]."""
+def match_channels(x: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, tuple[str, str]]:
+    """Give the images the channels the layer expects: [N, C, H, W] -> [N, in_channels, H, W]; and what was done
+    (English, shown: i18n.both), or two empty strings."""
     c = x.shape[1]
     if c == in_channels:
-        return x, ""
+        return x, ("", "")
     if c == 3 and in_channels == 1:
-        return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True), _("converted RGB -> L (1-channel layer)")
+        return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True), \
+            both(N_("converted RGB -> L (1-channel layer)"))
     if c == 1 and in_channels == 3:
-        return x.repeat(1, 3, 1, 1), _("converted L -> RGB by repeating the channel (3-channel layer)")
+        return x.repeat(1, 3, 1, 1), both(N_("converted L -> RGB by repeating the channel (3-channel layer)"))
     raise UserError(_("the images have {c} channels but the layer expects {expected}").format(c=c, expected=in_channels),
                     _("use other images"))
 
@@ -207,8 +210,8 @@ def run(args) -> int:
     else:
         conv, mean, std = random_layer(x.shape[1], args), (0.0,), (1.0,)
     x, converted = match_channels(x, conv.in_channels)  # [N, C_in, H, W] in [0, 1]
-    if converted:
-        say(converted)
+    if converted[1]:
+        say(converted[1])
     check_fits(x.shape[2], x.shape[3], conv, args.pool, bool(args.checkpoint))
     out = new_run_dir(args.out, "conv-viz", flag="--out")
     runinfo.write_demo(out, "conv-viz")  # `torchlab runs`: a demo's logs, not a run
@@ -218,10 +221,13 @@ def run(args) -> int:
         reference = F.conv2d(normed, conv.weight, conv.bias, conv.stride, conv.padding)
         pooled = F.max_pool2d(y, args.pool)  # window = stride = pool: [N, O, H_out // pool, W_out // pool]
     result = summary(x, conv, y, reference, pooled, args.pool)
-    result |= {"source": source, "converted": converted or None, "normalised": {"mean": list(mean), "std": list(std)},
-               "weights": f"checkpoint {args.checkpoint}" if args.checkpoint else f"random, seed {args.seed}",
-               "out_dir": str(out), "files": write_outputs(out, x, y, pooled, conv.weight)}
-    print(json.dumps(result, indent=2) if args.json else text(result))
+    weights = both(N_("checkpoint {path}"), path=args.checkpoint) if args.checkpoint \
+        else both(N_("random, seed {seed}"), seed=args.seed)
+    words = {"source": source, "converted": converted, "weights": weights}  # each (English, shown)
+    result |= {key: english or None for key, (english, _shown) in words.items()}  # JSON stays English
+    result |= {"normalised": {"mean": list(mean), "std": list(std)}, "out_dir": str(out),
+               "files": write_outputs(out, x, y, pooled, conv.weight)}
+    print(json.dumps(result, indent=2) if args.json else text(result | {k: shown for k, (_e, shown) in words.items()}))
     return 0
 
 

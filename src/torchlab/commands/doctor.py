@@ -129,32 +129,45 @@ def report(args) -> dict:
 
 
 def text(r: dict) -> str:
-    cpu, auto = r["cpu"], r["auto"]
+    cpu = r["cpu"]
     lines = [f"torchlab {r['torchlab']}, torch {r['torch']}, torchvision {r['torchvision']}, Python {r['python']}, "
              f"{r['platform']}",
-             "devices: " + ", ".join(f"{d['device']} ({d['name']})" for d in r["devices"]),
-             f"CPU: {cpu['model']}, {cpu['cores']} cores; features: {', '.join(cpu['features']) or 'none named'}; "
-             f"torch's kernels: {cpu['capability']}; threads: {r['threads']}; memory allocator: {r['allocator']}"]
+             _("devices: {devices}").format(devices=", ".join(f"{d['device']} ({d['name']})" for d in r["devices"])),
+             _("CPU: {model}, {cores} cores; features: {features}; torch's kernels: {capability}; threads: {threads}; "
+               "memory allocator: {allocator}").format(
+                 model=cpu["model"], cores=cpu["cores"], features=", ".join(cpu["features"]) or _("none named"),
+                 capability=cpu["capability"], threads=r["threads"], allocator=r["allocator"])]
     if r["feature_limits"]:
-        lines.append("limited by: " + " ".join(f"{k}={v}" for k, v in r["feature_limits"].items()))
-    lines.append(f"measured on {auto['device']} (GFLOP/s): "
-                 + ", ".join(f"{k} {v:,.1f}" for k, v in r["rates_gflops"].items()))
-    lines.append(f"auto precision: {auto['precision']} ({auto['why']})")
-    lines.append(f"--recipe fast uses its {auto['fast_recipe_table']!r} table")
+        lines.append(_("limited by: {limits}").format(limits=" ".join(f"{k}={v}" for k, v in r["feature_limits"].items())))
+    lines += auto_lines(r["auto"], r["rates_gflops"])
+    for name, d in r["datasets"].items():
+        lines.append(_("dataset {name}: {where}").format(name=name, where=d["where"] if d["found"] else _("not found")))
+    tools = r["tools"]
+    lines.append(_("tensorboard: {tensorboard}; chromium (browser tests): {chromium}").format(
+        tensorboard=tools["tensorboard"] or _("not installed"), chromium=tools["chromium"] or _("not found")))
+    lines.append(_("cache: {path}").format(path=r["cache"]))
+    return "\n".join(lines)
+
+
+def auto_lines(auto: dict, rates: dict) -> list[str]:
+    """What `auto` decides, in the user's language (the JSON keeps auto["why"] in English)."""
+    speedup = rates["matmul bf16"] / max(rates["matmul fp32"], 1e-9)
+    why = _("bf16 matmul runs at {speedup}x the fp32 rate: ").format(speedup=f"{speedup:.2g}") + (
+        _("bf16 is tried against fp32 on each run's own training step") if speedup >= 0.5
+        else _("bf16 is emulated here, so auto never tries it"))
+    precision = _("fp32 or bf16, measured per run") if speedup >= 0.5 else "fp32"
+    lines = [_("measured on {device} (GFLOP/s): {rates}").format(
+                 device=auto["device"], rates=", ".join(f"{k} {v:,.1f}" for k, v in rates.items())),
+             _("auto precision: {precision} ({why})").format(precision=precision, why=why),
+             _("--recipe fast uses its {table} table").format(table=repr(auto["fast_recipe_table"]))]
     if not auto["measured"]:
-        lines.append("settings per model: none measured yet (the first long run of each measures; "
-                     "`torchlab doctor --measure` times the recipes now)")
+        lines.append(_("settings per model: none measured yet (the first long run of each measures; "
+                       "`torchlab doctor --measure` times the recipes now)"))
     for name, m in auto["measured"].items():
         lines.append(f"  {name}: {m['fastest']} (" + ", ".join(f"{k} {v:,.0f}/s" for k, v in
                                                                 m["items_per_second"].items()) + ")"
-                     + "".join(f"; {k} failed: {e}" for k, e in m["failed"].items()))
-    for name, d in r["datasets"].items():
-        lines.append(f"dataset {name}: " + (d["where"] if d["found"] else "not found"))
-    tools = r["tools"]
-    lines.append(f"tensorboard: {tools['tensorboard'] or 'not installed'}; "
-                 f"chromium (browser tests): {tools['chromium'] or 'not found'}")
-    lines.append(f"cache: {r['cache']}")
-    return "\n".join(lines)
+                     + "".join(_("; {label} failed: {error}").format(label=k, error=e) for k, e in m["failed"].items()))
+    return lines
 
 
 def run(args) -> int:

@@ -22,7 +22,7 @@ from torch import nn, optim
 
 from torchlab import runinfo
 from torchlab.engine import NonFiniteLoss
-from torchlab.i18n import _
+from torchlab.i18n import _, pad
 from torchlab.runtime import pick_device
 from torchlab.checks import Bounded
 from torchlab.errors import UserError
@@ -195,7 +195,8 @@ def run(args) -> int:
     w0, b0 = problem["init"]
     say(_("start (seed {seed}, same for both methods): slope {slope}, intercept {intercept}").format(
         seed=args.seed, slope=f"{w0.item():.5f}", intercept=f"{b0.item():.5f}"))
-    say(f"{'step':>7}  {'loss':>12}  {'slope':>9}  {'intercept':>9}")
+    say("  ".join(pad(word, width, right=True) for word, width in
+                  ((_("step"), 7), (_("loss"), 12), (_("slope"), 9), (_("intercept"), 9))))
     fit = fit_manual if args.method == "manual" else fit_module
     writer, tic, trace = open_writer(run_dir), time.perf_counter(), [] if args.method == "module" else None
     try:
@@ -239,7 +240,7 @@ def report_text(r: dict) -> str:
             method=r["method"], device=r["device"], samples=r["samples"], slope=f"{true['slope']:g}",
             intercept=f"{true['intercept']:g}", noise=f"{r['noise']:g}", steps=r["steps"], lr=f"{r['lr']:g}",
             seconds=f"{r['seconds']:.2f}"),
-        "", f"  {'':<15}{'slope':>10}{'intercept':>11}",
+        "", f"  {'':<15}{pad(_('slope'), 10, True)}{pad(_('intercept'), 11, True)}",
         row(_("true"), true["slope"], true["intercept"], ""),
         row(_("fitted"), fit["slope"], fit["intercept"], _("final loss {loss}").format(loss=f"{r['final_loss']:.6g}")),
         row(_("least squares"), best["slope"], best["intercept"],
@@ -253,11 +254,6 @@ def report_text(r: dict) -> str:
         f"  {reached}",
         *([agreement_text(r["agreement"])] if "agreement" in r else []),
         f"  TensorBoard: torchlab tensorboard {r['run_dir']}"])
-
-
-def pad(text: str, width: int) -> str:
-    """`text` padded to `width` terminal columns (a Chinese character takes two)."""
-    return text + " " * max(0, width - sum(2 if ord(c) > 0x2E7F else 1 for c in text))
 
 
 def agreement_text(a: dict) -> str:

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from torchlab.i18n import _
+from torchlab.i18n import _, pad
 from torchlab.models.registry import (DEFAULT_VOCAB, LANGUAGE_MODELS, MODELS, build_model, count_macs, count_params,
                                       model_config)
 
@@ -36,12 +36,12 @@ def run(args) -> int:
         print(json.dumps(images + texts, indent=2))
         return 0
     w = max(len(r["name"]) for r in images + texts)
-    model, params = _("model"), _("params")
-    print(f"{model:<{w}} {params:>9} {'MACs/image':>12}  " + _("description (for 1x28x28 inputs, 10 classes)"))
+    head = pad(_("model"), w) + " " + pad(_("params"), 9, right=True) + " "
+    print(head + pad(_("MACs/image"), 12, right=True) + "  " + _("description (for 1x28x28 inputs, 10 classes)"))
     for r in images:
-        print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
-    print(f"\n{model:<{w}} {params:>9} {'MACs/token':>12}  "
+        print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {_(r['description'])}")
+    print("\n" + head + pad(_("MACs/token"), 12, right=True) + "  "
           + _("description (language models, for a {vocab}-token vocabulary)").format(vocab=DEFAULT_VOCAB))
     for r in texts:
-        print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {r['description']}")
+        print(f"{r['name']:<{w}} {r['params']:>9,} {r['macs']:>12,}  {_(r['description'])}")
     return 0

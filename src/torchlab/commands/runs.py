@@ -8,12 +8,11 @@ loaded, so listing hundreds of runs stays instant. The demos' log folders
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 
 from torchlab import runinfo
 from torchlab.errors import UserError
-from torchlab.i18n import N_, _
+from torchlab.i18n import N_, _, shown_width
 from torchlab.logger import say
 
 COLUMNS = ("run", "task", "model", "epochs", "best_val", "test", "duration", "date", "status")
@@ -65,16 +64,11 @@ def cells(r: dict) -> list[str]:
                                        else "")
     test = metric_text(r["test"], r["metric"]) + (" (val)" if r["test_split"] == "val" and r["test"] is not None else "")
     return [r["run"], r["task"] or "-", r["model"] or "-", epochs, metric_text(r["best_val"], r["metric"]), test,
-            duration_text(r["duration"]), r["date"] or "-", r["status"]]
+            duration_text(r["duration"]), r["date"] or "-", _(r["status"])]
 
 
 HEADER = (N_("run"), N_("task"), N_("model"), N_("epochs"), N_("best val"), N_("test"), N_("duration"), N_("started"),
           N_("status"))
-
-
-def shown_width(text: str) -> int:
-    """Columns `text` takes in a terminal: Chinese characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def table(rows: list[dict]) -> str:

@@ -63,7 +63,7 @@ def lm_summary_text(s: dict) -> str:
         lines.append(_("best val perplexity {ppl} (epoch {epoch})").format(ppl=f"{s['best_val_ppl']:.3f}",
                                                                            epoch=s["best_epoch"]))
     lines.append(_("test perplexity {ppl} on {tokens} tokens ({scored})").format(
-        ppl=f"{s['test_ppl']:.3f}", tokens=s["test_tokens"], scored=s["test_scored"]))
+        ppl=f"{s['test_ppl']:.3f}", tokens=s["test_tokens"], scored=runinfo.scored_text(s, "test")))
     return "\n".join(lines + closing(s, _("continue a prompt with: torchlab generate {run_dir}/best.pt --prompt TEXT")
                                      .format(run_dir=s["run_dir"])))
 
@@ -75,7 +75,7 @@ def summary_text(s: dict) -> str:
                                                                          epoch=s["best_epoch"]))
     split = s.get("scored_split", "test")
     lines.append(_("{split} accuracy {acc} on {images} images ({scored})").format(
-        split=split, acc=f"{s[split + '_acc']:.2%}", images=s[split + "_count"], scored=s[split + "_scored"])
+        split=split, acc=f"{s[split + '_acc']:.2%}", images=s[split + "_count"], scored=runinfo.scored_text(s, split))
         + (_("; no test split, so this is the set the best epoch was chosen on") if split == "val" else ""))
     return "\n".join(lines + closing(s, _("classify photos with: torchlab predict {run_dir}/best.pt IMAGE").format(
         run_dir=s["run_dir"])))

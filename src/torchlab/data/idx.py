@@ -39,7 +39,7 @@ def parse_idx(data: bytes, path: Path, ndim: int) -> torch.Tensor:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != UBYTE or data[3] != ndim:
         raise UserError(
             _("{path}: not an IDX file of unsigned bytes with {ndim} dimension(s) (magic number {magic})")
-            .format(path=path, ndim=ndim, magic=data[:4].hex() or 'missing'),
+            .format(path=path, ndim=ndim, magic=data[:4].hex() or _('missing')),
             _(REPAIR_HINT),
         )
     header = 4 + 4 * ndim

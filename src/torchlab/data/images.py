@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from torchlab.data.photo import FRAMINGS, PhotoOptions, prepare_gray, to_grayscale
 from torchlab.errors import UserError
-from torchlab.i18n import _
+from torchlab.i18n import N_, _, both
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}
 
@@ -137,14 +137,17 @@ def to_tensor(img: Image.Image, size: int, gray: bool) -> torch.Tensor:
     return TF.to_tensor(img)
 
 
-def load_folder(folder: str, size: int, count: int) -> tuple[torch.Tensor, str]:
-    """The first `count` images of a folder as [N, 1 or 3, size, size] in [0, 1], and a note of what was read."""
+def load_folder(folder: str, size: int, count: int) -> tuple[torch.Tensor, tuple[str, str]]:
+    """The first `count` images of a folder as [N, 1 or 3, size, size] in [0, 1], and a note of what was read
+    (in English, and in the user's language: i18n.both)."""
     paths, skipped = list_images(Path(folder))
     images = [ImageOps.exif_transpose(open_image(p)) for p in paths[:count]]
     gray = all(img.mode in GRAY_MODES for img in images)  # L only when no image has colour
     x = torch.stack([to_tensor(img, size, gray) for img in images])  # [N, 1 or 3, size, size]
-    note = f"{len(images)} of {len(paths)} images in {folder}, {'L' if gray else 'RGB'}, {size}x{size}"
-    return x, note + (f"; skipped {skipped} non-image file{'s' * (skipped != 1)}" if skipped else "")
+    note = N_("{count} of {total} images in {folder}, {mode}, {size}x{size}") if not skipped else \
+        N_("{count} of {total} images in {folder}, {mode}, {size}x{size}; skipped {skipped} non-image file(s)")
+    return x, both(note, count=len(images), total=len(paths), folder=folder, mode="L" if gray else "RGB", size=size,
+                   skipped=skipped)
 
 
 def tensor_image(t: torch.Tensor, name: str) -> Image.Image:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from torchlab.i18n import N_
+
 # How each dataset framed its items: "fill" scales the longest side to the whole frame and centres the box;
 # "mass" scales it to 20/28 of the frame and puts the centre of mass in the middle.
 FRAMINGS = {"fashion-mnist": "fill", "mnist": "mass"}
@@ -84,17 +86,30 @@ def noise_level(a: np.ndarray) -> float:
     return float(1.4826 * np.median(residual))
 
 
-def decide_inversion(a: np.ndarray, mode: str) -> tuple[bool, str]:
-    """Whether to negate: items must come out lighter than their background, as in the dataset."""
+# Why an image was (or was not) negated, by rule: English in the JSON, translated where shown (reason_text).
+REASONS = {"flag": "--invert {mode}", "blank": N_("no item found; background {background}"),
+           "lighter": N_("background {background} is lighter than the item ({item})"),
+           "darker": N_("background {background} is darker than the item ({item})")}
+
+
+def decide_inversion(a: np.ndarray, mode: str) -> tuple[bool, dict]:
+    """Whether to negate: items must come out lighter than their background, as in the dataset; and why,
+    as {"rule": a key of REASONS, and its values}."""
     if mode != "auto":
-        return mode == "yes", f"--invert {mode}"
+        return mode == "yes", {"rule": "flag", "mode": mode}
     bg, noise = background(a), noise_level(a)
     item = a[np.abs(median3(a) - bg) > max(0.1, 4 * noise)]  # pixels clearly not background
     if item.size == 0:  # a blank image: light means a light background
-        return bg > 0.5, f"no item found; background {bg:.2f}"
+        return bg > 0.5, {"rule": "blank", "background": round(bg, 2)}
     lighter = bg > float(np.median(item))
-    word = "lighter" if lighter else "darker"
-    return lighter, f"background {bg:.2f} is {word} than the item ({float(np.median(item)):.2f})"
+    return lighter, {"rule": "lighter" if lighter else "darker", "background": round(bg, 2),
+                     "item": round(float(np.median(item)), 2)}
+
+
+def reason_text(why: dict, translate=lambda message: message) -> str:
+    """`why` from decide_inversion in words: English, or through `translate` (i18n's `_`)."""
+    values = {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in why.items() if k != "rule"}
+    return translate(REASONS[why["rule"]]).format(**values)
 
 
 def levels(a: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -180,7 +195,7 @@ def prepare_gray(img: Image.Image, size: int, style: str = "fill",
     work = a.shape[1], a.shape[0]
     invert, why = decide_inversion(a, options.invert)
     a = 1 - a if invert else a
-    steps["inverted"], steps["inversion"] = invert, why
+    steps["inverted"], steps["inversion"], steps["inversion_rule"] = invert, reason_text(why), why
     box = item_box(a) if options.frame else None  # before levels clip half of the background's noise away
     noise = noise_level(a)  # before levels clip half of it away
     if options.levels:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from torchlab.errors import UserError
-from torchlab.i18n import _
+from torchlab.i18n import N_, _
 from torchlab.models.cnn import NotesCNN, NotesCNNConfig, VGGConfig, VGGNet
 from torchlab.models.rnn import LanguageModel, LMConfig, Recurrent
 
@@ -26,26 +26,26 @@ class ModelEntry:
     config_class: type
     model_class: type
     defaults: dict  # config values that differ from the dataclass defaults
-    description: str
+    description: str  # English, marked for translation: shown as _(description)
 
 
 MODELS: dict[str, ModelEntry] = {
-    "notes-cnn": ModelEntry(NotesCNNConfig, NotesCNN, {}, "the notes' network: conv5x5, conv3x3, ReLU, pool, linear"),
-    "vgg-small": ModelEntry(VGGConfig, VGGNet, {}, "3 stages of 2x conv3x3-BN-ReLU (32/64/128), global pool"),
-    "vgg-tiny": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64)}, "vgg-small at half the width (16/32/64)"),
+    "notes-cnn": ModelEntry(NotesCNNConfig, NotesCNN, {}, N_("the notes' network: conv5x5, conv3x3, ReLU, pool, linear")),
+    "vgg-small": ModelEntry(VGGConfig, VGGNet, {}, N_("3 stages of 2x conv3x3-BN-ReLU (32/64/128), global pool")),
+    "vgg-tiny": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64)}, N_("vgg-small at half the width (16/32/64)")),
     "vgg-tiny-lean": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 64), "convs_per_stage": (1, 2, 2), "dropout": 0.0},
-                                "vgg-tiny with one conv at full resolution, no dropout: for 2-epoch runs"),
+                                N_("vgg-tiny with one conv at full resolution, no dropout: for 2-epoch runs")),
     "vgg-mini": ModelEntry(VGGConfig, VGGNet, {"widths": (16, 32, 48), "convs_per_stage": (1, 2, 2), "dropout": 0.0},
-                           "vgg-tiny-lean with a 48-wide last stage: for 2-epoch fp32 runs"),
+                           N_("vgg-tiny-lean with a 48-wide last stage: for 2-epoch fp32 runs")),
     "vgg-lean": ModelEntry(VGGConfig, VGGNet, {"convs_per_stage": (1, 2, 2)},
-                           "vgg-small with one conv at full resolution: 3/4 of its multiply-adds"),
+                           N_("vgg-small with one conv at full resolution: 3/4 of its multiply-adds")),
 }
 
 LANGUAGE_MODELS: dict[str, ModelEntry] = {
     f"lm-{cell}": ModelEntry(LMConfig, LanguageModel, {"vocab_size": DEFAULT_VOCAB, "cell": cell}, description)
-    for cell, description in (("rnn", "embedding (256), 2 tanh RNN layers (512), linear decoder"),
-                              ("lstm", "embedding (256), 2 LSTM layers (512), linear decoder: `train lm`'s default"),
-                              ("gru", "embedding (256), 2 GRU layers (512), linear decoder"))
+    for cell, description in (("rnn", N_("embedding (256), 2 tanh RNN layers (512), linear decoder")),
+                              ("lstm", N_("embedding (256), 2 LSTM layers (512), linear decoder: `train lm`'s default")),
+                              ("gru", N_("embedding (256), 2 GRU layers (512), linear decoder")))
 }
 
 ENTRIES = {**MODELS, **LANGUAGE_MODELS}

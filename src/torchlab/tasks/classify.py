@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchlab import distributed, runtime
+from torchlab import distributed, runinfo, runtime
 from torchlab.config import TrainConfig
 from torchlab.data import catalog
 from torchlab.data.catalog import Loaded
 from torchlab.data.vision import TensorLoader, centre_crop, eval_loader, hold_out
 from torchlab.engine import classification_loss, evaluate, per_class_accuracy, train_step
 from torchlab.errors import UserError
-from torchlab.i18n import N_, _
+from torchlab.i18n import N_, _, speaking
 from torchlab.logger import confusion_figure, say
 from torchlab.models.registry import build_model, model_config
 from torchlab.optim import build_optimizer
@@ -50,8 +50,7 @@ class Data:
 
     def sample_note(self, split: str = "") -> str:
         """"a sample of 1,000 of 10,000 test images" (one split), or of every evaluation split."""
-        each = [f"{self.scored[k]:,} of {self.counts[k]:,} {k}" for k in ((split,) if split else self.scored)]
-        return "a sample of " + " and ".join(each) + " images"
+        return runinfo.sample_note(self.scored, self.counts, "images", (split,) if split else self.scored)
 
 
 def batch_size_for(cfg: TrainConfig, images: int) -> int:
@@ -129,7 +128,7 @@ class ImageTask:
 
     unit, score, higher_is_better = "images", "val_acc", True
     nan_hint = N_("lower --lr, or try --precision fp32")
-    last_weights = "last epoch"
+    last_weights = N_("last epoch")
 
     def model_name(self, cfg: TrainConfig) -> str:
         return cfg.model
@@ -205,7 +204,8 @@ class ImageTask:
             s.writer.add_figure(f"{split}/confusion_matrix", fig, s.state.global_step)  # closes the figure
         s.writer.add_scalar(f"{split}/acc", result["acc"], s.state.global_step)
         per_class = dict(zip(classes, per_class_accuracy(result["confusion"])))
-        scored += f"; {s.data.sample_note(split)}, --max-steps run" if s.data.sampled else ""
+        with speaking("en"):  # summary.json stays English; the terminal shows runinfo.scored_text
+            scored += f"; {s.data.sample_note(split)}, --max-steps run" if s.data.sampled else ""
         summary = {"scored_split": split, f"{split}_acc": result["acc"], f"{split}_loss": result["loss"],
                    f"{split}_count": result["count"], f"{split}_scored": scored, "per_class_acc": per_class}
         return summary, {f"hparam/{split}_acc": result["acc"], "hparam/best_val_acc": s.state.best or 0}

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from torchlab import distributed, runtime
+from torchlab import distributed, runinfo, runtime
 from torchlab.config import LMTrainConfig
 from torchlab.data.corpora import split_corpus
 from torchlab.data.text import Vocab, batchify, batchify_eval, leading_windows, window_starts, windows
 from torchlab.engine import evaluate_lm, language_model_loss, train_step
 from torchlab.errors import UserError
-from torchlab.i18n import N_, _
+from torchlab.i18n import N_, _, speaking
 from torchlab.logger import say
 from torchlab.models.rnn import LanguageModel, LMConfig
 from torchlab.optim import build_optimizer
@@ -51,9 +51,8 @@ class TextData:
         return self.scored is not None
 
     def sample_note(self, split: str = "") -> str:
-        """"a sample of 20,480 of 186,012 test tokens" (one split), or of both val and test."""
-        each = [f"{self.scored[k]:,} of {self.counts[k]:,} {k}" for k in ((split,) if split else ("val", "test"))]
-        return "a sample of " + " and ".join(each) + " tokens"
+        """"a sample of 1,000 of 10,000 test tokens" (one split), or of every evaluation split."""
+        return runinfo.sample_note(self.scored, self.counts, "tokens", (split,) if split else ("val", "test"))
 
 
 def eval_blocks(ids: torch.Tensor, cfg: LMTrainConfig, device: torch.device) -> tuple[list, int]:
@@ -100,7 +99,7 @@ class LanguageModelTask:
 
     unit, score, higher_is_better = "tokens", "val_ppl", False
     nan_hint = N_("lower --lr, or clip gradients with --clip")
-    last_weights = "last weights"
+    last_weights = N_("last weights")
 
     def model_name(self, cfg: LMTrainConfig) -> str:
         return f"lm-{cfg.cell}"
@@ -158,7 +157,8 @@ class LanguageModelTask:
     def test(self, s, scored: str) -> tuple[dict, dict]:
         test = evaluate_lm(s.model, s.data.test, s.cfg.bptt, s.rt)
         s.writer.add_scalar("test/ppl", test["ppl"], s.state.global_step)
-        scored += f"; {s.data.sample_note('test')}, --max-steps run" if s.data.sampled else ""
+        with speaking("en"):  # summary.json stays English; the terminal shows runinfo.scored_text
+            scored += f"; {s.data.sample_note('test')}, --max-steps run" if s.data.sampled else ""
         summary = {"test_ppl": test["ppl"], "test_loss": test["loss"], "test_tokens": test["tokens"],
                    "test_scored": scored}
         return summary, {"hparam/test_ppl": test["ppl"]}
