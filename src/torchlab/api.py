@@ -15,6 +15,7 @@ torch.device, everywhere.
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import torch
@@ -27,13 +28,14 @@ from torchlab.config import resolve, resumed
 from torchlab.data.catalog import NAMES
 from torchlab.data.images import open_image, tensor_image
 from torchlab.data.photo import PhotoOptions
-from torchlab.data.text import join_words, tokenize
+from torchlab.data.text import UNK, join_words, tokenize
 from torchlab.errors import UserError
 from torchlab.i18n import _
+from torchlab.models.gates import Gates, compute_gates
 from torchlab.models.registry import CLASSIFIER, LANGUAGE_MODEL, from_checkpoint, kind_of, require_kind
 from torchlab.models.sampling import continue_text, next_tokens
 from torchlab.runtime import pick_device
-from torchlab.scoring import evaluate_checkpoint, language_model, predict_images
+from torchlab.scoring import evaluate_checkpoint, language_model, model_inputs, predict_images
 from torchlab.tasks import classify, lm
 from torchlab.trainer import Context, Run
 from torchlab.trainer import train as run_training
@@ -113,6 +115,43 @@ class Classifier:
             r["inverted"] = bool(r["preprocessing"].get("inverted", False))
         return results
 
+    def explain(self, image, target: int | str | None = None, options: PhotoOptions | None = None) -> dict:
+        """Which pixels the class of one image rests on (torchlab/explain.py): Grad-CAM on the last convolution
+        and input × gradient, for the predicted class or `target` (a class index or name).
+
+        `image`: a file path, PIL image or tensor, read as `predict` reads it. Returns {"image", "class",
+        "index", "prob" (the class explained and its probability), "predicted": {"class", "index", "prob"},
+        "layer" (where Grad-CAM was taken), "input" (the model-sized input [C, S, S] in [0, 1]), "grad_cam" and
+        "input_x_gradient" ([S, S] in [0, 1], CPU tensors), "preprocessing"}. explain.overlay(result["input"],
+        result["grad_cam"]) makes the overlay picture; explain.explanation_figure(result) the three panels.
+        """
+        from torchlab.explain import saliency
+
+        if isinstance(image, (list, tuple)) or is_batch(image):
+            raise UserError(_("explain takes one image, not {count}").format(count=len(image)),
+                            _("call it once per image"))
+        name, img = as_image(image, 0)
+        x, steps = model_inputs(self.checkpoint, [img], options or PhotoOptions())  # [1, C, S, S] in [0, 1]
+        maps = saliency(self.model, x, self.class_index(target), self.checkpoint["mean"], self.checkpoint["std"])
+        probs, index = maps.probs[0], int(maps.target[0])  # [K], the class explained
+        top = int(probs.argmax())
+        return {"image": name, "class": self.classes[index], "index": index, "prob": float(probs[index]),
+                "predicted": {"class": self.classes[top], "index": top, "prob": float(probs[top])},
+                "layer": maps.layer, "input": x[0], "grad_cam": maps.grad_cam[0],
+                "input_x_gradient": maps.input_x_gradient[0], "preprocessing": steps[0]}
+
+    def class_index(self, target: int | str | None) -> int | None:
+        """A class given by index or name, as an index (None stays None: the predicted class)."""
+        if target is None:
+            return None
+        if isinstance(target, str) and target in self.classes:
+            return self.classes.index(target)
+        if isinstance(target, numbers.Integral) and not isinstance(target, bool) and 0 <= target < len(self.classes):
+            return int(target)
+        raise UserError(_("target {target}: not a class of this model").format(target=repr(target)),
+                        _("give an index from 0 to {last} or a class name: {names}")
+                        .format(last=len(self.classes) - 1, names=", ".join(self.classes)))
+
 
 def is_batch(images) -> bool:
     return isinstance(images, torch.Tensor) and images.dim() == 4
@@ -165,6 +204,20 @@ class TextModel:
         _words, ids, unknown = self.encode(prompt)
         top = [{"token": self.vocab.tokens[i], "prob": p} for i, p in next_tokens(self.model, ids, k, self.device)]
         return {"prompt": prompt, "next": top, "unknown": unknown}
+
+    def gates(self, prompt: str) -> Gates:
+        """What every layer does over the prompt's tokens: the gates (LSTM forget, input, output; GRU update,
+        reset), candidates and states, each [T, H], from zeros as generation starts (models/gates.py). A plain
+        RNN has only hidden states (`.has_gates` is False); `gate_plot.gate_figure` draws the rest.
+
+        Tokens the vocabulary lacks are refused: the model reads them all as <unk>, so their gates would
+        describe <unk>, not them."""
+        words, ids, unknown = self.encode(prompt)
+        if unknown:
+            raise UserError(_("--gates: not in the vocabulary: {tokens}")
+                            .format(tokens=" ".join(repr(t) for t in unknown[:20])),
+                            _("the model reads them all as {unk}; leave them out of the prompt").format(unk=UNK))
+        return compute_gates(self.model, ids, words)
 
 
 def evaluate(model: "str | Path | Classifier", data_dir: str | None = None, device: str | torch.device = "auto",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import TINY, error_line
 from torchlab.cli import main
@@ -161,6 +163,65 @@ def test_chinese_prompt_on_a_chinese_model(models, capsys):
 def test_a_run_directory_is_read_through_its_best_checkpoint(models, capsys):
     by_dir = generate_json(capsys, models["en"].parent, "--prompt", "We", "--temperature", "0", "--tokens", "8")
     assert by_dir == generate_json(capsys, models["en"], "--prompt", "We", "--temperature", "0", "--tokens", "8")
+
+
+# --- --gates ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cells(models, tmp_path_factory) -> dict:
+    """best.pt of a tiny LSTM (the module's Chinese model), and of a 2-layer GRU and a plain RNN trained alike."""
+    root = tmp_path_factory.mktemp("cells")
+    (root / "zh.txt").write_text(shuffled(LINES, 80, seed=2))
+    threads = torch.get_num_threads()
+    try:
+        for cell, layers in (("gru", "2"), ("rnn", "1")):
+            assert main(["train", "lm", "--corpus", str(root / "zh.txt"), "--cell", cell, "--layers", layers,
+                         "--device", "cpu", "--embed-size", "16", "--hidden-size", "32", "--bptt", "8",
+                         "--batch-size", "4", "--eval-batch-size", "3", "--epochs", "1", "--dropout", "0",
+                         "--precision", "fp32", "--threads", "1", "--run-dir", str(root / cell), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"lstm": models["zh"], "gru": root / "gru" / "best.pt", "rnn": root / "rnn" / "best.pt"}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gates_writes_a_png_and_still_generates(cells, capsys, tmp_path, cell):
+    out = tmp_path / f"{cell}.png"
+    args = ("--prompt", "床前明月", "--tokens", "6", "--temperature", "0")
+    code, text, _ = generate(capsys, cells[cell], *args, "--gates", str(out))
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.width > 0 and png.height > 0
+    plain = generate(capsys, cells[cell], *args)[1]
+    assert code == 0 and text == plain + f"gates saved to {out}\n"  # the same text, then where the heat map is
+    result = generate_json(capsys, cells[cell], *args, "--gates", str(tmp_path / "again.png"))
+    assert result["gates"] == str(tmp_path / "again.png") and (tmp_path / "again.png").stat().st_size > 0
+
+
+def test_gates_of_the_api_are_those_of_the_checkpoint(cells):
+    from torchlab import api
+
+    gates = api.load(cells["gru"], "cpu").gates("明月光")
+    assert gates.cell == "gru" and gates.tokens == list("明月光") and len(gates.layers) == 2
+    assert gates.layers[1].gates["update"].shape == (3, 32)
+
+
+@pytest.mark.parametrize("cell, prompt, out, message", [
+    ("rnn", "明月", "g.png", "--gates: a plain RNN has no gates (train one with `torchlab train lm --cell lstm`"),
+    ("lstm", "  ", "g.png", "--prompt is empty"),
+    ("lstm", "明月Ω€", "g.png", "--gates: not in the vocabulary: 'Ω' '€'"),
+    ("lstm", "明月", "no/such/folder/g.png", "--gates no/such/folder/g.png: folder no/such/folder does not exist"),
+    ("lstm", "明月", "g.jpg", "--gates g.jpg: not a .png file name"),
+    ("lstm", "明月", "taken.png", "--gates taken.png: exists already (choose another name, or delete it first)"),
+])
+def test_bad_gates_requests_are_one_line_errors_before_any_output(cells, capsys, cell, prompt, out, message):
+    Path("taken.png").write_bytes(b"someone's file")
+    assert main(["generate", str(cells[cell]), "--prompt", prompt, "--gates", out, "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before anything was generated
+    assert captured.err.startswith("torchlab: error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and "Traceback" not in captured.err
+    assert Path("taken.png").read_bytes() == b"someone's file" and not Path("g.png").exists()
 
 
 # --- pick -------------------------------------------------------------------------------------

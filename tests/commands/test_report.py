@@ -115,6 +115,38 @@ def test_classifier_report_holds_the_runs_numbers_and_valid_images(image_run_cop
     assert not page.external
 
 
+def test_each_confident_mistake_has_its_grad_cam_overlay(image_run_copy, monkeypatch):
+    import numpy as np
+
+    from torchlab import html as html_module
+
+    figures = []  # (title, image arrays) of every axes of every figure the page embeds
+
+    def figure_uri(fig, real=html_module.figure_uri):
+        figures.append([(ax.get_title(), [im.get_array() for im in ax.get_images()]) for ax in fig.axes])
+        return real(fig)
+
+    monkeypatch.setattr(html_module, "figure_uri", figure_uri)
+    run, _ = image_run_copy
+    assert main(["report", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    gallery = figures[-1]  # the last figure on the page: the gallery of mistakes
+    titles = [title for title, _ in gallery if title]
+    shown = min(24, round((1 - summary["test_acc"]) * 250))
+    assert titles[0::2] == [t for t in titles if t.startswith("true ")] and len(titles[0::2]) == shown
+    assert titles[1::2] == ["Grad-CAM"] * shown  # each mistake, then its overlay, side by side
+    for title, images in gallery:
+        if title == "Grad-CAM":
+            (picture,) = images
+            rgb = np.asarray(picture, dtype=int)
+            assert rgb.shape == (28, 28, 3)  # the input's size
+            assert (rgb.max(2) - rgb.min(2)).max() > 60  # coloured by the heat map, not a grey image
+    page = Page((run / "report.html").read_text(encoding="utf-8"))
+    with Image.open(io.BytesIO(base64.b64decode(page.images[-1].split(",", 1)[1]))) as png:
+        pixels = np.asarray(png.convert("RGB"), dtype=int)
+    assert (pixels.max(2) - pixels.min(2) > 60).sum() > 1000  # the embedded PNG holds the colour overlays
+
+
 def test_report_without_the_data_still_shows_the_run(image_run_copy, capsys):
     run, data = image_run_copy
     shutil.rmtree(data.parent / "gone", ignore_errors=True)

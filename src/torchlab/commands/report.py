@@ -3,8 +3,8 @@
 The page holds the command and resolved config, the final metrics (copied
 from summary.json, never recomputed), the training curves, and per task:
 for classifiers the confusion matrix, per-class accuracy and the test images
-the model got most confidently wrong (the saved model rescored on the
-split); for language models the perplexity curves and continuations of
+the model got most confidently wrong, each with the Grad-CAM overlay of its
+predicted class (the saved model rescored on the split); for language models the perplexity curves and continuations of
 prompts taken from the test text, next to what the text really says.
 """
 
@@ -19,6 +19,7 @@ import torch
 
 from torchlab import checkpoint, html, runinfo
 from torchlab.errors import UserError
+from torchlab.explain import overlay
 from torchlab.i18n import _
 from torchlab.logger import progress, say
 
@@ -159,30 +160,53 @@ def classifier_sections(ckpt: dict, summary: dict, data_dir: str | None, device:
         (f"Confusion matrix ({split} set)", check + html.image(html.figure_uri(
             confusion_figure(confusion, classes, f"{ckpt['task']} {split}")), "confusion matrix")),
         ("Accuracy per class", html.table(["class", "accuracy", "images"], rows, numeric={1, 2})),
-        ("Most confidently wrong", wrong_gallery(data, probs, classes)),
+        ("Most confidently wrong", wrong_gallery(data, probs, classes, ckpt, device)),
     ]
 
 
-def wrong_gallery(data, probs: torch.Tensor, classes: list[str]) -> str:
-    """The mistakes made with the highest predicted probability, each titled with its true and predicted class."""
+def wrong_gallery(data, probs: torch.Tensor, classes: list[str], ckpt: dict, device: str) -> str:
+    """The mistakes made with the highest predicted probability, each titled with its true and predicted class,
+    and beside it the Grad-CAM overlay of the predicted class: where the model found its wrong answer."""
     conf, pred = probs.max(1)
     wrong = (pred != data.labels).nonzero().flatten()
     if not len(wrong):
         return "<p>No mistakes on this split.</p>"
     order = wrong[conf[wrong].argsort(descending=True)][:GALLERY]
+    pixels = as_pixels(data.images[order])  # [n, C, H, W] in [0, 1]
+    heat = predicted_class_cams(ckpt, pixels, pred[order], device)  # [n, H, W] in [0, 1]
     plt = pyplot()
-    cols = 8
-    rows = math.ceil(len(order) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.45, rows * 1.75), squeeze=False)
+    pairs = 4  # image and overlay side by side, 4 pairs a row
+    rows = math.ceil(len(order) / pairs)
+    fig, axes = plt.subplots(rows, 2 * pairs, figsize=(2 * pairs * 1.45, rows * 1.75), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, order.tolist()):
-        img = data.images[i].permute(1, 2, 0).numpy()  # CHW -> HWC for imshow
-        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
-        ax.set_title(f"true {classes[data.labels[i]]}\npred {classes[pred[i]]} {conf[i]:.1%}", fontsize=7)
+    for k, i in enumerate(order.tolist()):
+        shown, heated = axes.flat[2 * k], axes.flat[2 * k + 1]
+        img = pixels[k].permute(1, 2, 0).numpy()  # CHW -> HWC for imshow
+        shown.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
+                     vmin=0, vmax=1)
+        shown.set_title(f"true {classes[data.labels[i]]}\npred {classes[pred[i]]} {conf[i]:.1%}", fontsize=7)
+        heated.imshow(overlay(pixels[k], heat[k]))
+        heated.set_title("Grad-CAM", fontsize=7)
     fig.tight_layout()
-    return (f"<p>{len(wrong):,} of {len(data):,} images are wrong; the {len(order)} the model was surest of:</p>"
-            + html.image(html.figure_uri(fig), "confidently wrong test images"))
+    return (f"<p>{len(wrong):,} of {len(data):,} images are wrong; the {len(order)} the model was surest of, each "
+            "beside the Grad-CAM of its predicted class (red: the regions that class rests on most):</p>"
+            + html.image(html.figure_uri(fig), "confidently wrong test images, each with its Grad-CAM overlay"))
+
+
+def as_pixels(images: torch.Tensor) -> torch.Tensor:
+    """A split's images (uint8 [N, C, H, W], 0-255) as floats in [0, 1], as the model's normalisation expects."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def predicted_class_cams(ckpt: dict, pixels: torch.Tensor, predicted: torch.Tensor, device: str) -> torch.Tensor:
+    """Grad-CAM [N, H, W] of each image's predicted class, from the saved model (torchlab/explain.py)."""
+    from torchlab.explain import saliency
+    from torchlab.models.registry import from_checkpoint
+    from torchlab.runtime import pick_device
+
+    model = from_checkpoint(ckpt, pick_device(device))
+    return saliency(model, pixels, predicted, ckpt["mean"], ckpt["std"]).grad_cam
 
 
 def lm_samples(ckpt: dict, cfg: dict, device: str) -> str:
