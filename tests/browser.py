@@ -47,6 +47,8 @@ class Browser:
         def wire_fds():  # in the child: fd 3 reads our commands, fd 4 carries its replies
             os.dup2(to_browser_r, 3)
             os.dup2(from_browser_w, 4)
+            for fd in (3, 4):  # dup2 onto itself (a pipe that already was fd 3) keeps it close-on-exec
+                os.set_inheritable(fd, True)
 
         self.proc = subprocess.Popen(
             [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

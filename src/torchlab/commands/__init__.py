@@ -38,6 +38,9 @@ COMMANDS = (
      "\n  ".join(("torchlab generate runs/<run>/best.pt --prompt '天上的云朵' --tokens 50",
                   "torchlab generate runs/<run>/best.pt --prompt '天上的云朵漂浮在' --next 5   # the likeliest "
                   "next 5"))),
+    ("demo", "demo", N_("a local web page to draw, upload or type and watch a trained model think: probabilities, "
+                        "saliency, every layer, next tokens and the gates"),
+     "torchlab demo runs/<fashion-run>/best.pt runs/<lm-run>/best.pt   # then open the address it prints"),
     ("runs", "runs", N_("list the runs under a folder: task, model, metrics, duration, status, how to resume"),
      "torchlab runs runs --sort test   |   torchlab runs --json"),
     ("report", "report", N_("write one self-contained HTML page about a run: curves, metrics, mistakes or samples"),
