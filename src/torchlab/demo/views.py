@@ -110,7 +110,7 @@ def look(clf, pixels: torch.Tensor, target: int | None, note: str, top_k: int = 
 def inside(clf, pixels: torch.Tensor) -> tuple[list, list]:
     """Every convolution's and pooling's output channels as a grid captioned with the H×W arithmetic, and each
     convolution's kernels (models/inside.py)."""
-    from torchlab.models.inside import channel_grid, feature_maps, kernel_grid
+    from torchlab.models.inside import channel_grid, feature_maps
 
     mean = torch.tensor(clf.checkpoint["mean"]).view(-1, 1, 1)
     std = torch.tensor(clf.checkpoint["std"]).view(-1, 1, 1)
