@@ -202,6 +202,9 @@ def test_the_page_in_chromium(trained, tmp_path):
     try:
         with Browser(CHROMIUM) as browser:
             browser.open(url)
+            browser.wait_for("document.querySelector('#classify-drawing') !== null", 60)
+            browser.evaluate("document.querySelector('#classify-drawing').click()")  # nothing drawn yet
+            assert "the canvas is empty" in browser.content_when(lambda c: "canvas is empty" in c["text"], 30)["text"]
             click_tab(browser, "upload")
             upload(browser, bad)  # refused on the page; the server goes on serving
             content = browser.content_when(lambda c: "not an image Pillow can read" in c["text"], 40)
