@@ -24,7 +24,7 @@ from PIL import Image
 
 from torchlab import checkpoint, distributed, logger
 from torchlab.checks import violation
-from torchlab.config import resolve, resumed
+from torchlab.config import FIND, resolve, resumed
 from torchlab.data.catalog import NAMES
 from torchlab.data.images import open_image, tensor_image
 from torchlab.data.photo import PhotoOptions
@@ -61,6 +61,12 @@ def train(task: str | None = None, *, config: str | None = None, resume: str | P
     """
     if "device" in settings:
         settings["device"] = device_setting(settings["device"])
+    find_lr = settings.get("lr") == FIND  # lr="find": the range test picks it (lrfind.py)
+    if find_lr:
+        if resume is not None:
+            raise UserError(_("--lr find: a resumed run keeps the learning rate it started with"),
+                            _("drop --lr find, or start a new run"))
+        del settings["lr"]
     ckpt, run_dir = None, None
     if resume is not None:
         if config:
@@ -79,7 +85,7 @@ def train(task: str | None = None, *, config: str | None = None, resume: str | P
         if not world.main:
             logger.QUIET = True  # rank 0 speaks for all; errors are still printed, with their rank
         ctx = Context(world, logger.QUIET if quiet is None else quiet)
-        return run_training(TASKS[cfg.task], cfg, resume=ckpt, run_dir=run_dir, ctx=ctx)
+        return run_training(TASKS[cfg.task], cfg, resume=ckpt, run_dir=run_dir, ctx=ctx, find_lr=find_lr)
 
 
 def load(path: str | Path, device: str | torch.device = "auto") -> "Classifier | TextModel":

@@ -212,6 +212,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             add_flag(groups[flag_group(name)], f, lm_defaults.get(name, f.default))
 
 
+FIND = "find"  # `train --lr find`: the lr range test picks the rate (lrfind.py); never a config value
+
+
+def lr_flag(text: str):
+    """--lr: a number, or FIND (api.train takes it; anywhere else it fails the float check)."""
+    return FIND if text == FIND else float(text)
+
+
+lr_flag.__name__ = "float"  # argparse's message for a bad value: "invalid float value"
+
+
 def add_flag(group, f: dataclasses.Field, lm_default) -> None:
     name = "--" + f.name.replace("_", "-")
     also = _("; lm: {default}").format(default=lm_default) if lm_default != f.default else ""
@@ -221,7 +232,8 @@ def add_flag(group, f: dataclasses.Field, lm_default) -> None:
         group.add_argument(name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
         return
     choices = f.metadata["choices"]
-    group.add_argument(name, type=type(f.default), choices=choices, default=argparse.SUPPRESS,
+    kind = lr_flag if f.name == "lr" else type(f.default)
+    group.add_argument(name, type=kind, choices=choices, default=argparse.SUPPRESS,
                        metavar=f.name.upper() if not choices else None, help=helptext)
 
 

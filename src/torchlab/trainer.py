@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from torchlab import checkpoint as ckpt_io
-from torchlab import distributed, i18n, logger, runinfo, runtime
+from torchlab import distributed, i18n, logger, lrfind, runinfo, runtime
 from torchlab.config import save_toml
 from torchlab.engine import (NonFiniteLoss, StopFlag, Terminated, graceful_interrupt, sigterm_raises, train_steps,
                              weight_average)
@@ -161,11 +161,9 @@ class Run:
                 if k.split("_")[0] in ("test", "val") and k.split("_")[-1] in ("acc", "loss", "ppl")}
 
 
-def start(task, cfg, ctx: Context, resume: dict | None = None, run_dir: Path | None = None) -> Session:
-    """Data, model, optimizer and run directory of a new run, or of a resumed one as its checkpoint left it."""
-    device = runtime.pick_device(cfg.device)
-    if resume is None and cfg.run_dir:
-        refuse_taken(Path(cfg.run_dir), resumable=True)  # before minutes of data preparation, not after
+def setup(task, cfg, device: torch.device, resume: dict | None = None):
+    """(cfg, data, rt, model, total steps, notes): a run's data, runtime and initial model, with the config
+    they settled; also what `torchlab lr-find` sweeps on."""
     data = task.prepare(cfg, device, resume)
     cfg = dataclasses.replace(cfg, **getattr(data, "settings", {}))  # saved, so resume and --config agree
     steps = task.total_steps(cfg, data)
@@ -178,6 +176,20 @@ def start(task, cfg, ctx: Context, resume: dict | None = None, run_dir: Path | N
     distributed.spread_seeds()  # the same initial weights everywhere, then each process its own dropout
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return cfg, data, rt, model, steps, notes + warnings
+
+
+def start(task, cfg, ctx: Context, resume: dict | None = None, run_dir: Path | None = None,
+          find_lr: bool = False) -> Session:
+    """Data, model, optimizer and run directory of a new run, or of a resumed one as its checkpoint left it.
+    `find_lr`: first the lr range test on the new model (lrfind.py), then train with its suggestion."""
+    device = runtime.pick_device(cfg.device)
+    if resume is None and cfg.run_dir:
+        refuse_taken(Path(cfg.run_dir), resumable=True)  # before minutes of data preparation, not after
+    cfg, data, rt, model, steps, notes = setup(task, cfg, device, resume)
+    sweep = lrfind.before_training(task, cfg, data, rt, model, ctx.quiet) if find_lr and resume is None else None
+    if sweep is not None:  # every process trains with rank 0's finding; config.toml records the number
+        cfg = dataclasses.replace(cfg, lr=distributed.share(sweep.suggestion))
     optimizer, scheduler = build_optimizer(cfg, model, steps)
     average = weight_average(model, cfg.ema) if cfg.ema else None
     state, carry = State(), None
@@ -187,6 +199,8 @@ def start(task, cfg, ctx: Context, resume: dict | None = None, run_dir: Path | N
         carry = task.restore_carry(resume, state, device)
     else:
         run_dir = create_run_dir(cfg, task.run_name(cfg), ctx.world)
+        if sweep is not None:
+            lrfind.after_sweep(sweep, cfg.lr, run_dir, ctx)
     writer = open_writer(run_dir) if ctx.world.main else Nothing()
     wrapped = distributed.wrap(model, device)
     wrapped = torch.compile(wrapped) if rt.compile else wrapped  # compiles on the first batch
@@ -194,7 +208,7 @@ def start(task, cfg, ctx: Context, resume: dict | None = None, run_dir: Path | N
                 None if wrapped is model else wrapped, carry)
     if resume is None:
         first_logs(s)
-    for line in task.describe(s, notes + warnings):
+    for line in task.describe(s, notes):
         ctx.say(line)
     return s
 
@@ -376,10 +390,10 @@ def finish(s: Session, status: str) -> dict:
 
 
 def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None,
-          ctx: Context | None = None) -> Run:
-    """Train (or resume) one run; whatever ends it, summary.json says how."""
+          ctx: Context | None = None, find_lr: bool = False) -> Run:
+    """Train (or resume) one run; whatever ends it, summary.json says how. `find_lr`: see `start`."""
     ctx = ctx or Context(distributed.WORLD, logger.QUIET)
-    s = start(task, cfg, ctx, resume, run_dir)
+    s = start(task, cfg, ctx, resume, run_dir, find_lr)
     write_summary(s, "running", {})
     if s.state.epoch >= s.cfg.epochs:
         ctx.say(_("run already completed {epochs} epochs; scoring it again").format(epochs=s.state.epoch))

@@ -20,10 +20,16 @@ COMMANDS = (
                   "torchlab train lm --corpus timemachine           # a character-level LSTM language model",
                   "torchlab train lm --corpus tang --cell gru --max-steps 100   # Tang poems; a quick dry run",
                   "torchlab train --resume runs/<run> --max-steps 0             # finish a --max-steps run"))),
+    ("lr-find", "lrfind", N_("the learning-rate range test: sweep the lr up over a few hundred steps of a run's "
+     "training and suggest one (the curve as PNG and TensorBoard); `train --lr find` uses it"),
+     "torchlab lr-find fashion-mnist --optimizer sgd   |   torchlab train fashion-mnist --lr find"),
     ("eval", "evaluate", N_("score a checkpoint on its test set: accuracy, per-class accuracy, confusion matrix"),
      "torchlab eval runs/my-run/best.pt --out confusion.png   |   torchlab eval runs/my-run/best.pt --corruptions"),
     ("predict", "predict", N_("classify image files with a trained checkpoint"),
      "torchlab predict runs/my-run/best.pt shoe.jpg shirt.png --top-k 3 --show seen.png"),
+    ("export", "export", N_("save a checkpoint as ONNX or TorchScript that runs without torchlab, checked against "
+                            "PyTorch"),
+     "torchlab export runs/my-run/best.pt --format onnx   |   torchlab export runs/<lm-run>/best.pt --format torchscript"),
     ("image", "images", N_("open images and show them as array (H, W, C) and tensor (C, H, W); log them to TensorBoard"),
      "torchlab image photo.jpg --logdir runs/images"),
     ("stats", "stats", N_("per-channel mean and standard deviation of a dataset's training images (for Normalize)"),

@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help=_("replace an existing --explain file"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", action="store_true", help=_("print the results as JSON"))
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help=_("onnx: CHECKPOINT is a .onnx file from `torchlab export`, run by onnxruntime"))
 
 
 def inversion_text(steps: dict) -> str:
@@ -86,14 +88,17 @@ def run(args) -> int:
     from torchlab import api
 
     explain = explain_target(args.explain, args.images, args.force) if args.explain else None
-    model = api.load(args.checkpoint, args.device)
-    if not isinstance(model, api.Classifier):
-        if explain:
-            raise UserError(_("--explain needs an image classifier, and {path} holds a language model ({model})")
-                            .format(path=args.checkpoint, model=model.checkpoint["model_name"]),
-                            _("explain a checkpoint from `torchlab train IMAGE-TASK`"))
-        model = api.Classifier(model.checkpoint)  # raises the one-line error naming the kind of checkpoint
-    results = model.predict(args.images, args.top_k, photo_options(args), args.show)
+    if args.backend == "onnx":
+        results = onnx_results(args, explain)
+    else:
+        model = api.load(args.checkpoint, args.device)
+        if not isinstance(model, api.Classifier):
+            if explain:
+                raise UserError(_("--explain needs an image classifier, and {path} holds a language model ({model})")
+                                .format(path=args.checkpoint, model=model.checkpoint["model_name"]),
+                                _("explain a checkpoint from `torchlab train IMAGE-TASK`"))
+            model = api.Classifier(model.checkpoint)  # raises the one-line error naming the kind of checkpoint
+        results = model.predict(args.images, args.top_k, photo_options(args), args.show)
     if explain:
         save_explanation(model, args.images[0], photo_options(args), explain)
     if args.json:
@@ -108,3 +113,13 @@ def run(args) -> int:
     if explain:
         print(_("explanation saved to {path}").format(path=explain))
     return 0
+
+
+def onnx_results(args, explain) -> list[dict]:
+    """--backend onnx: the exported file run by onnxruntime (torchlab/exported.py), no PyTorch model code."""
+    from torchlab.exported import predict_onnx
+
+    if explain:
+        raise UserError(_("--explain needs the PyTorch model, not --backend onnx"),
+                        _("pass the checkpoint .pt without --backend onnx"))
+    return predict_onnx(args.checkpoint, args.images, args.top_k, photo_options(args), args.show)

@@ -27,9 +27,7 @@ def run(args) -> int:
     from torchlab import api
     from torchlab.distributed import from_env
 
-    names = {f.name for cls in CONFIGS for f in dataclasses.fields(cls)} - {"task"}
-    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    summary = api.train(args.task, config=args.config, resume=args.resume, **given).summary
+    summary = api.train(args.task, config=args.config, resume=args.resume, **given_settings(args)).summary
     if from_env().rank:
         return 0  # rank 0 reports for all processes
     if args.json:
@@ -37,6 +35,12 @@ def run(args) -> int:
     else:
         print(lm_summary_text(summary) if summary["task"] == "lm" else summary_text(summary))
     return 0
+
+
+def given_settings(args) -> dict:
+    """The settings whose flags were given (unset flags are absent from `args`); lr may be config.FIND."""
+    names = {f.name for cls in CONFIGS for f in dataclasses.fields(cls)} - {"task"}
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def head(s: dict, rate: str) -> str:
