@@ -13,7 +13,10 @@ the table gives their test accuracies, the grid's best lr and the suggestion's r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
+import json
 import os
 import tempfile
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from run_cli import torchlab_json
+from torchlab.cli import main as cli_main
 
 CONFIGS = {
     "a": ("notes-cnn + adam", ["--model", "notes-cnn", "--optimizer", "adam"], 1e-3),
@@ -54,11 +58,13 @@ def subset(folder: Path, n: int) -> Path:
     return out
 
 
-def test_acc(flags: list[str], lr: float, epochs: int) -> float:
+def test_acc(flags: list[str], lr: float, epochs: int) -> float | None:
+    """Test accuracy after `epochs` at `lr`; None when the run diverged (torchlab stops on a NaN loss)."""
     run = Path(tempfile.mkdtemp()) / "run"
-    summary = torchlab_json(["train", "fashion-mnist", *flags, "--lr", repr(lr), "--epochs", str(epochs),
-                             "--run-dir", str(run)])
-    return summary["test_acc"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli_main(["train", "fashion-mnist", *flags, "--lr", repr(lr), "--epochs", str(epochs),
+                         "--run-dir", str(run), "--quiet"])
+    return json.loads((run / "summary.json").read_text())["test_acc"] if code == 0 else None
 
 
 def row(key: str, common: list[str], epochs: int) -> dict:
@@ -73,16 +79,21 @@ def row(key: str, common: list[str], epochs: int) -> dict:
             "at_suggested": test_acc(flags, found["suggestion"], epochs)}
 
 
+def shown(acc: float | None) -> str:
+    return "diverged" if acc is None else f"{acc:.2%}"
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'config':<27}{'suggested':>10}{'':>3}" + "".join(f"{'x' + format(f, 'g'):>15}" for f in FACTORS)
           + f"{'best grid lr':>14}{'acc@sugg':>10}{'sugg/best':>10}{'acc - best':>11}{'find s':>8}")
     for r in rows:
-        best = max(r["grid"], key=r["grid"].get)
-        cells = "".join(f"{format(lr, '.3g') + ' ' + format(acc, '.2%'):>15}" for lr, acc in r["grid"].items())
+        scored = {lr: acc for lr, acc in r["grid"].items() if acc is not None}
+        best = max(scored, key=scored.get)
+        cells = "".join(f"{format(lr, '.3g') + ' ' + shown(acc):>15}" for lr, acc in r["grid"].items())
+        gap = f"{r['at_suggested'] - scored[best]:>+11.2%}" if r["at_suggested"] is not None else f"{'-':>11}"
         print(f"{r['name']:<27}{r['suggested']:>10.3g}{r['rule'][:1]:>3}{cells}{best:>14.3g}"
-              f"{r['at_suggested']:>10.2%}{r['suggested'] / best:>10.2f}{r['at_suggested'] - r['grid'][best]:>+11.2%}"
-              f"{r['find_s']:>8.0f}")
-    print("\nrule: s = steepest descent of the smoothed loss, m = the minimum's lr / 10; grid cells: lr test accuracy")
+              f"{shown(r['at_suggested']):>10}{r['suggested'] / best:>10.2f}{gap}{r['find_s']:>8.0f}")
+    print("\nrule: s = steepest descent of the smoothed loss, m = the minimum's lr / 10; grid cells: lr test accuracy; diverged: the loss became NaN")
 
 
 def main() -> None:

@@ -52,12 +52,14 @@ def device_setting(device: str | torch.device) -> str:
 
 
 def train(task: str | None = None, *, config: str | None = None, resume: str | Path | None = None,
-          quiet: bool | None = None, **settings) -> Run:
+          quiet: bool | None = None, on_epoch=None, **settings) -> Run:
     """Train a model (or, with `resume`, continue a run) and return the finished Run.
 
     `task`: fashion-mnist, mnist, cifar10, image-folder or lm. `config`: a TOML file of settings (the
     keyword settings win over it). `resume`: a run directory or checkpoint; only the settings that alter
     no past numbers may then change. `quiet`: no progress output (default: as the command line said).
+    `on_epoch(epoch, record)`: called after each whole epoch with its metrics (`val_acc`, `val_ppl`, ...);
+    raising torchlab.errors.Pruned there ends the run with status "pruned" and raises it again.
     """
     if "device" in settings:
         settings["device"] = device_setting(settings["device"])
@@ -85,7 +87,8 @@ def train(task: str | None = None, *, config: str | None = None, resume: str | P
         if not world.main:
             logger.QUIET = True  # rank 0 speaks for all; errors are still printed, with their rank
         ctx = Context(world, logger.QUIET if quiet is None else quiet)
-        return run_training(TASKS[cfg.task], cfg, resume=ckpt, run_dir=run_dir, ctx=ctx, find_lr=find_lr)
+        return run_training(TASKS[cfg.task], cfg, resume=ckpt, run_dir=run_dir, ctx=ctx, find_lr=find_lr,
+                            on_epoch=on_epoch)
 
 
 def load(path: str | Path, device: str | torch.device = "auto") -> "Classifier | TextModel":

@@ -333,12 +333,17 @@ def resumed(task: str, saved: dict[str, Any], given: dict[str, Any]):
 
 def save_toml(cfg, path: Path) -> None:
     """Write the resolved config so `--config` can replay the run."""
+    path.write_text(toml_text(dataclasses.asdict(cfg)))
+
+
+def toml_text(values: dict[str, Any]) -> str:
+    """Settings as the TOML that `--config` reads (also tune's best.toml)."""
     lines = []
-    for key, value in dataclasses.asdict(cfg).items():
+    for key, value in values.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {str(value).lower()}")
         elif isinstance(value, str):
             lines.append(f"{key} = {json.dumps(value)}")
         else:
             lines.append(f"{key} = {value!r}")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"

@@ -22,3 +22,8 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """Ctrl-C during training, after a resumable checkpoint was written (exit code 130)."""
+
+
+class Pruned(Exception):
+    """Raised by a training run's `on_epoch` hook (tune.py) to stop a poor run after an epoch: the run
+    ends with status "pruned" and its checkpoints kept."""

@@ -1,9 +1,10 @@
 """What a run directory says about itself: written by training, read by `torchlab runs` and `torchlab report`.
 
 Training writes `summary.json` when it starts (status "running"), after every
-epoch, and when it ends (finished, early-stopped, max-steps, interrupted or
-failed). A process killed outright leaves "running" behind; its pid and host
-tell a live run from a dead one.
+epoch, and when it ends (finished, early-stopped, max-steps, interrupted,
+failed, or pruned: stopped after an epoch by `torchlab tune`'s pruner). A
+process killed outright leaves "running" behind; its pid and host tell a live
+run from a dead one.
 
 The teaching demos (linreg, conv-viz, image --logdir) write TensorBoard logs
 under runs/ too, but no run: each leaves a `demo.json` marker so that `torchlab
@@ -23,10 +24,11 @@ from torchlab.errors import UserError
 from torchlab.i18n import N_, _
 
 COMMAND = ""  # the command line of this process, set by the CLI
-STATUSES = (N_("finished"), N_("max-steps"), N_("interrupted"), N_("failed"), N_("running"))  # shown translated
+STATUSES = (N_("finished"), N_("max-steps"), N_("interrupted"), N_("failed"), N_("running"),  # shown translated
+            N_("pruned"))
 # How each ending of a training run is listed; max-steps and interrupted runs can be resumed.
 SHOWN = {"finished": "finished", "early-stopped": "finished", "failed": "failed", "running": "running",
-         "max-steps": "max-steps", "interrupted": "interrupted"}
+         "max-steps": "max-steps", "interrupted": "interrupted", "pruned": "pruned"}
 DEMO_FILE = "demo.json"
 
 

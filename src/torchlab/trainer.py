@@ -4,7 +4,8 @@
 data and model, then alternates a training epoch (`engine.train_steps` with the
 task's loss) and the task's validation. It keeps `best.pt` (the best validation
 score) and `last.pt`, writes `summary.json` as it goes, and stops on Ctrl-C
-(resumably), on a NaN loss, on early stopping or at `--max-steps`. In the end
+(resumably), on a NaN loss, on early stopping, at `--max-steps` or when an `on_epoch` hook (a
+search's pruner, tune.py) raises Pruned. In the end
 the task tests the best weights. Several processes (torchrun) share the work;
 rank 0 writes the files.
 
@@ -42,7 +43,7 @@ from torchlab import distributed, i18n, logger, lrfind, runinfo, runtime
 from torchlab.config import save_toml
 from torchlab.engine import (NonFiniteLoss, StopFlag, Terminated, graceful_interrupt, sigterm_raises, train_steps,
                              weight_average)
-from torchlab.errors import Interrupted, UserError
+from torchlab.errors import Interrupted, Pruned, UserError
 from torchlab.i18n import _
 from torchlab.logger import Nothing, new_run_dir, open_writer, refuse_taken
 from torchlab.optim import build_optimizer
@@ -314,8 +315,9 @@ def is_better(s: Session, score) -> bool:
     return score is not None and (score > best if s.task.higher_is_better else score < best)
 
 
-def fit(s: Session, stop: StopFlag) -> str:
-    """Run epochs until done, early-stopped, max-steps or Ctrl-C; returns how it ended."""
+def fit(s: Session, stop: StopFlag, on_epoch=None) -> str:
+    """Run epochs until done, early-stopped, max-steps or Ctrl-C; returns how it ended. `on_epoch(epoch,
+    record)` sees each whole epoch's record once it is saved (a search's pruner); it may raise Pruned."""
     cfg, state = s.cfg, s.state
     while state.epoch < cfg.epochs:
         try:
@@ -331,7 +333,10 @@ def fit(s: Session, stop: StopFlag) -> str:
             if metrics["steps"]:
                 end_epoch(s, metrics, complete=False)
             return "max-steps"
-        if end_epoch(s, metrics):
+        stopping = end_epoch(s, metrics)
+        if on_epoch is not None:  # after the checkpoints: a pruned run stays a consistent run directory
+            on_epoch(state.epoch, state.history[-1])
+        if stopping:
             s.ctx.say(_("early stop: no val improvement for {patience} epochs (best epoch {best})").format(
                 patience=cfg.patience, best=state.best_epoch))
             return "early-stopped"
@@ -390,8 +395,9 @@ def finish(s: Session, status: str) -> dict:
 
 
 def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, stop: StopFlag | None = None,
-          ctx: Context | None = None, find_lr: bool = False) -> Run:
-    """Train (or resume) one run; whatever ends it, summary.json says how. `find_lr`: see `start`."""
+          ctx: Context | None = None, find_lr: bool = False, on_epoch=None) -> Run:
+    """Train (or resume) one run; whatever ends it, summary.json says how. `find_lr`: see `start`;
+    `on_epoch`: see `fit` (a Pruned it raises ends the run as "pruned", untested, and is raised again)."""
     ctx = ctx or Context(distributed.WORLD, logger.QUIET)
     s = start(task, cfg, ctx, resume, run_dir, find_lr)
     write_summary(s, "running", {})
@@ -401,8 +407,11 @@ def train(task, cfg, resume: dict | None = None, run_dir: Path | None = None, st
     try:
         with s.rt.threads_set(), sigterm_raises():
             with graceful_interrupt(stop):
-                status = fit(s, stop)
+                status = fit(s, stop, on_epoch)
             return Run(s.run_dir, s.cfg, finish(s, status), s.model)
+    except Pruned:  # the search stopped a poor run: its checkpoints stay, no test is spent on it
+        write_summary(s, "pruned", {"pruned_epoch": s.state.epoch})
+        raise
     except (Interrupted, KeyboardInterrupt, Terminated) as e:
         write_summary(s, "interrupted", {"error": str(e)} if isinstance(e, Terminated) else {})
         raise

@@ -23,6 +23,11 @@ COMMANDS = (
     ("lr-find", "lrfind", N_("the learning-rate range test: sweep the lr up over a few hundred steps of a run's "
      "training and suggest one (the curve as PNG and TensorBoard); `train --lr find` uses it"),
      "torchlab lr-find fashion-mnist --optimizer sgd   |   torchlab train fashion-mnist --lr find"),
+    ("tune", "tune", N_("search settings with Optuna: each trial a training run, poor ones stopped early, the "
+     "study kept in a database that several processes or machines can share"),
+     "\n  ".join(("torchlab tune fashion-mnist --trials 20 --epochs 3          # lr, weight decay, batch size",
+                  "torchlab tune fashion-mnist --trials 30 --param lr=1e-3:0.3:log --param optimizer=sgd,adamw "
+                  "--study-dir runs/tune-fm"))),
     ("eval", "evaluate", N_("score a checkpoint on its test set: accuracy, per-class accuracy, confusion matrix"),
      "torchlab eval runs/my-run/best.pt --out confusion.png   |   torchlab eval runs/my-run/best.pt --corruptions"),
     ("predict", "predict", N_("classify image files with a trained checkpoint"),
