@@ -61,15 +61,19 @@ browser:
 # process handling, the allocator: about a minute that no instruction set can change).
 REDUCED := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
+# Two pytest workers (pytest-xdist): most tests wait on processes, servers, browsers and small tensors rather
+# than on the CPU, so two at a time finish sooner even on 2 cores.
+PYTEST := $(BIN)/python -m pytest -q -n 2
+
 test: $(STAMP) browser tcmalloc
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 	@if $(BIN)/python -c "import sys; from torchlab import hardware; sys.exit(not hardware.beyond_avx2())"; then \
 	  $(MAKE) --no-print-directory test-avx2; \
 	else echo "reduced-feature pass skipped: this CPU has nothing beyond AVX2, so the pass above was an AVX2 pass"; fi
 
 test-avx2: $(STAMP) browser tcmalloc
 	@echo "== the suite again with the CPU features reduced to AVX2: $(REDUCED)"
-	env $(REDUCED) $(BIN)/python -m pytest -q -m "not isa_independent"
+	env $(REDUCED) $(PYTEST) -m "not isa_independent"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

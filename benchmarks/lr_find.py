@@ -84,6 +84,7 @@ def shown(acc: float | None) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
+    print(flush=True)
     print(f"\n{'config':<27}{'suggested':>10}{'':>3}" + "".join(f"{'x' + format(f, 'g'):>15}" for f in FACTORS)
           + f"{'best grid lr':>14}{'acc@sugg':>10}{'sugg/best':>10}{'acc - best':>11}{'find s':>8}")
     for r in rows:
@@ -109,7 +110,10 @@ def main() -> None:
     common = ["--data-dir", str(data), "--val-size", str(val)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.epochs} epoch(s) per run, "
           f"{'the first ' + str(args.subset) if args.subset else 'all'} training images")
-    print_table([row(key, common, args.epochs) for key in args.configs])
+    rows = []
+    for key in args.configs:  # each configuration's table as soon as it is done: c alone takes long
+        rows.append(row(key, common, args.epochs))
+        print_table(rows)
 
 
 if __name__ == "__main__":

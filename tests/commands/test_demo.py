@@ -233,9 +233,9 @@ def text_tab(browser: Browser, tab: str, url: str) -> None:
     type_prompt(browser, "床前明月光")
     content = browser.content_when(lambda c: "LSTM: each panel" in c["text"], 60)
     assert "LSTM: each panel is one gate" in content["text"] and "probability" in content["text"]
-    gates = browser.evaluate("(() => { const i = document.querySelector('#gates img');"
-                             " return i && i.complete && i.naturalWidth; })()")
-    assert gates and gates > 200
+    gates = browser.wait_for("(() => { const i = document.querySelector('#gates img');"
+                             " return i && i.complete && i.naturalWidth; })()", 30)  # the picture follows the text
+    assert gates > 200
     type_prompt(browser, "床前明@")
     content = browser.content_when(lambda c: "not in the model's vocabulary" in c["text"], 30)
     assert "not in the model's vocabulary: '@'" in content["text"]
