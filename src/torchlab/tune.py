@@ -189,12 +189,15 @@ def make_folder(folder: Path) -> None:
         raise UserError(_("--study-dir {path}: not writable").format(path=folder), _("choose a writable folder"))
 
 
+LOCK_WAIT = 60  # seconds SQLite waits for a lock another process holds, before the study cannot be opened
+
+
 def open_storage(job: Job):
     """Optuna's RDB storage. SQLite waits up to 60 s for a lock that another process holds, and two processes
     that create one new database at once may race on its tables: a second try then finds them."""
     optuna = require_optuna()
     url = job.storage or f"sqlite:///{(job.folder / 'study.db').resolve()}"
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    kwargs = {"connect_args": {"timeout": LOCK_WAIT}} if url.startswith("sqlite") else None
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT,

@@ -140,3 +140,24 @@ def test_an_unwritable_folder_and_an_unopenable_storage(tiny_data, tmp_path, cap
     (tmp_path / "bad.db").write_text("this is no database")
     assert main(tune_argv(tiny_data, tmp_path / "s", 2, "--storage", f"sqlite:///{tmp_path / 'bad.db'}")) == 2
     assert "cannot open the study database" in error_line(capsys)
+
+
+def test_a_locked_database_is_a_one_line_error(tiny_data, tmp_path, capsys, monkeypatch):
+    """Another process holds SQLite's write lock for longer than tune waits: one line, exit 2, nothing run."""
+    import sqlite3
+
+    from torchlab import tune
+
+    monkeypatch.setattr(tune, "LOCK_WAIT", 0.2)
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path)
+    holder.execute("create table t (x)")
+    holder.execute("begin exclusive")  # as a writer in another process would hold it
+    try:
+        assert main(tune_argv(tiny_data, tmp_path / "s", 2, "--storage", f"sqlite:///{path}")) == 2
+        line = error_line(capsys)
+        assert f"--storage sqlite:///{path}: cannot open the study database" in line and "locked" in line
+        assert not list((tmp_path / "s").glob("trial-*"))
+    finally:
+        holder.rollback()
+        holder.close()
