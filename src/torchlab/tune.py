@@ -193,35 +193,40 @@ LOCK_WAIT = 60  # seconds SQLite waits for a lock another process holds, before 
 
 
 def open_storage(job: Job):
-    """Optuna's RDB storage. SQLite waits up to 60 s for a lock that another process holds, and two processes
-    that create one new database at once may race on its tables: a second try then finds them."""
+    """Optuna's RDB storage. SQLite waits up to LOCK_WAIT s for a lock that another process holds."""
     optuna = require_optuna()
     url = job.storage or f"sqlite:///{(job.folder / 'study.db').resolve()}"
     kwargs = {"connect_args": {"timeout": LOCK_WAIT}} if url.startswith("sqlite") else None
-    for attempt in range(3):
+    return retried(job, url, lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                                 heartbeat_interval=HEARTBEAT, grace_period=GRACE))
+
+
+RACES = ("already exists", "UNIQUE constraint failed")  # what two processes creating one SQLite study meet
+
+
+def retried(job: Job, url: str, make):
+    """make(), tried again when two processes that create one new SQLite database (its tables, its study) at
+    once collide: the second try finds what the other made. Any other failure is a one-line error."""
+    for attempt in range(4):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT,
-                                              grace_period=GRACE)
-        except Exception as e:  # sqlalchemy's and Optuna's many kinds: a bad URL, no driver, an unreadable file
-            if attempt == 2 or not url.startswith("sqlite") or "already exists" not in str(e):
+            return make()
+        except Exception as e:  # sqlalchemy's and Optuna's many kinds: a bad URL, no driver, a lock, a bad file
+            text = str(e).strip()
+            if attempt == 3 or not url.startswith("sqlite") or not any(race in text for race in RACES):
                 raise UserError(_("{where}: cannot open the study database ({reason})").format(
-                    where=job.where, reason=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__),
+                    where=job.where, reason=text.splitlines()[0] if text else type(e).__name__),
                     _("check the URL, the path and its permissions")) from None
-            time.sleep(0.5)
+            time.sleep(0.5 * (attempt + 1))
 
 
 def open_study(job: Job):
     optuna = require_optuna()
     storage = open_storage(job)
     direction = "minimize" if job.task == "lm" else "maximize"
-    pruner = make_pruner()
-    try:
-        study = optuna.create_study(storage=storage, study_name=job.study_name, direction=direction,
-                                    pruner=pruner, load_if_exists=True)
-    except Exception as e:  # a database that is locked, read-only or of another Optuna version
-        raise UserError(_("{where}: cannot open the study database ({reason})").format(
-            where=job.where, reason=str(e).strip().splitlines()[0]), _("check the URL, the path and its permissions")) \
-            from None
+    url = job.storage or "sqlite:"
+    study = retried(job, url, lambda: optuna.create_study(storage=storage, study_name=job.study_name,
+                                                          direction=direction, pruner=make_pruner(),
+                                                          load_if_exists=True))
     task = study.user_attrs.get("task")
     if task is None:
         study.set_user_attr("task", job.task)
