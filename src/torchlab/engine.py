@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from torchlab import distributed
+from torchlab import distributed, procs
 from torchlab.data.text import window_starts, windows
 from torchlab.logger import progress, tracked
 from torchlab.runtime import Runtime
@@ -75,22 +75,10 @@ class Terminated(Exception):
     """SIGTERM arrived (torchrun stopping its workers, a job scheduler, `kill`)."""
 
 
-@contextmanager
 def sigterm_raises():
-    """SIGTERM raises Terminated inside the block, so a run can say how it ended; as graceful_interrupt,
-    it leaves signals alone outside the main thread, and puts the old handler back."""
-    def handler(signum, frame):
-        raise Terminated("stopped by SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    """SIGTERM raises Terminated inside the block, so a run can say how it ended (procs.terminate_raises,
+    which leaves signals alone outside the main thread and puts the old handler back)."""
+    return procs.terminate_raises(lambda: Terminated("stopped by SIGTERM"))
 
 
 def train_steps(model: nn.Module, batches: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler,

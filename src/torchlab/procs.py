@@ -45,11 +45,12 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def terminate_raises():
-    """Inside: SIGTERM raises KeyboardInterrupt (in the main thread), as Ctrl-C does."""
+def terminate_raises(make=KeyboardInterrupt):
+    """Inside: SIGTERM raises make() (in the main thread): KeyboardInterrupt by default, as Ctrl-C does.
+    Outside the main thread signals stay as they are; afterwards the old handler is back."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise make()
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)

@@ -8,8 +8,8 @@ import json
 import onnx
 import pytest
 import torch
-from PIL import Image
 
+from tests.commands.test_predict import block
 from tests.conftest import TINY, error_line, write_dataset
 from torchlab import export as ex
 from torchlab.cli import main
@@ -93,13 +93,6 @@ def metadata(path, fmt: str) -> dict:
     extra = {ex.EXTRA_FILE: ""}
     torch.jit.load(str(path), _extra_files=extra)
     return json.loads(extra[ex.EXTRA_FILE])
-
-
-def block(path, paper: int, ink: int) -> str:
-    img = Image.new("L", (90, 60), paper)
-    img.paste(ink, (30, 10, 60, 50))
-    img.save(path)
-    return str(path)
 
 
 def test_predict_with_onnx_agrees_with_predict(trained, tmp_path, capsys):
